@@ -1,0 +1,57 @@
+"""rehost's exceptions. Each says what failed and where, in words an operator can act on."""
+
+from __future__ import annotations
+
+
+class RehostError(Exception):
+    """Base of every error rehost raises on purpose."""
+
+    exit_code = 1
+
+
+class ConfigError(RehostError):
+    """Bad usage or bad configuration (exit code 2)."""
+
+    exit_code = 2
+
+
+class PluginError(RehostError):
+    """A plugin is broken, missing or in conflict with another (exit code 2)."""
+
+    exit_code = 2
+
+
+class RemoteError(RehostError):
+    """A command on a host failed. Carries the host, the command, its exit code and output."""
+
+    def __init__(
+        self,
+        host: str,
+        argv: list[str],
+        message: str,
+        exit_code: int | None = None,
+        stdout: str = "",
+        stderr: str = "",
+    ) -> None:
+        self.host = host
+        self.argv = list(argv)
+        self.exit_code_remote = exit_code
+        self.stdout = stdout
+        self.stderr = stderr
+        shown = " ".join(argv)
+        if len(shown) > 300:
+            shown = shown[:300] + "..."
+        detail = f": {stderr.strip()[-500:]}" if stderr.strip() else ""
+        super().__init__(f"on {host}: `{shown}` {message}{detail}")
+
+
+class HypervisorError(RehostError):
+    """libvirt refused or failed; the message names the host (URI) and the domain."""
+
+
+class PreconditionError(RehostError):
+    """A stage refused to act because its precondition does not hold (nothing was changed)."""
+
+
+class LabError(RehostError):
+    """The rehearsal lab cannot be brought up or down; says what is missing."""

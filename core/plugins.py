@@ -1,0 +1,250 @@
+"""The plugin manager: built-in plugins, site plugins (entry points and files), blocking, and
+the typed facade through which the core calls hooks.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import importlib.util
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+from rehost.hooks import ENTRY_POINT_GROUP, PROJECT, specs
+from rehost.core.errors import ConfigError, PluginError
+from rehost.core.model import StrategyRecord
+
+if TYPE_CHECKING:
+    from rehost.core.campaign import Campaign
+    from rehost.core.model import VM, Finding
+
+#: Built-in plugins, registered in this order, each by a short name a site can block.
+BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
+    ("hypervisor", "rehost.plugins.hypervisor"),
+    ("abiquo", "rehost.plugins.abiquo"),
+    ("notify", "rehost.plugins.notify"),
+    ("storage", "rehost.plugins.storage"),
+    ("storage-shared", "rehost.plugins.storage.shared"),
+    ("storage-scp", "rehost.plugins.storage.scp"),
+    ("allocation", "rehost.plugins.allocation"),
+    ("allocation-performance", "rehost.plugins.allocation.performance"),
+    ("allocation-loadlevel", "rehost.plugins.allocation.loadlevel"),
+    ("allocation-halt", "rehost.plugins.allocation.halt"),
+    ("preflight", "rehost.plugins.preflight"),
+    ("report-markdown", "rehost.reports.markdown"),
+)
+
+
+@dataclass
+class PluginInfo:
+    """A registered plugin and where it came from."""
+
+    name: str
+    origin: str  # "builtin", "entry point", "file"
+    where: str  # module name, "dist==version: module", or file path
+    hooks: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "origin": self.origin, "where": self.where, "hooks": self.hooks}
+
+
+class PluginManager:
+    """A pluggy manager that remembers where each plugin came from."""
+
+    def __init__(self) -> None:
+        self.pm = pluggy.PluginManager(PROJECT)
+        self.pm.add_hookspecs(specs)
+        self.infos: dict[str, PluginInfo] = {}
+        self.blocked: set[str] = set()
+        self.hooks = Hooks(self)
+
+    # -- registration -------------------------------------------------------------------------
+
+    def block(self, name: str) -> None:
+        self.blocked.add(name)
+        self.pm.set_blocked(name)
+
+    def register(self, plugin: object, name: str, origin: str, where: str) -> None:
+        if name in self.blocked:
+            return
+        if name in self.infos:
+            raise PluginError(
+                f"two plugins are named {name!r}: {self.infos[name].where} and {where}"
+            )
+        try:
+            self.pm.register(plugin, name=name)
+        except pluggy.PluginValidationError as exc:
+            raise PluginError(f"plugin {name!r} ({where}) is not valid: {exc}") from exc
+        hooks = sorted(h.name for h in self.pm.get_hookcallers(plugin) or [])
+        self.infos[name] = PluginInfo(name, origin, where, hooks)
+
+    def load_builtins(self, only: Iterable[str] | None = None) -> None:
+        wanted = set(only) if only is not None else None
+        for name, module in BUILTIN_PLUGINS:
+            if name in self.blocked or (wanted is not None and name not in wanted):
+                continue
+            self.register(importlib.import_module(module), name, "builtin", module)
+
+    def load_entry_points(self) -> None:
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            if ep.name in self.blocked:
+                continue
+            dist = f"{ep.dist.name}=={ep.dist.version}" if ep.dist else "?"
+            where = f"{dist}: {ep.value}"
+            try:
+                plugin = ep.load()
+            except Exception as exc:
+                raise PluginError(
+                    f"site plugin entry point {ep.name!r} ({where}) failed to load: {exc}"
+                ) from exc
+            self.register(plugin, ep.name, "entry point", where)
+
+    def load_file(self, path: str | Path) -> None:
+        p = Path(path).expanduser()
+        if not p.is_file():
+            raise ConfigError(f"plugin file {str(p)!r} does not exist")
+        name = p.stem
+        if name in self.blocked:
+            return
+        modname = f"rehost_site_plugin_{name}"
+        spec = importlib.util.spec_from_file_location(modname, p)
+        if spec is None or spec.loader is None:
+            raise PluginError(f"plugin file {str(p)!r} cannot be imported")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[modname] = module
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:
+            raise PluginError(f"plugin file {str(p)!r} failed to load: {exc}") from exc
+        self.register(module, name, "file", str(p.resolve()))
+
+    # -- what is there ------------------------------------------------------------------------
+
+    def strategies(self, kind: str) -> dict[str, StrategyRecord]:
+        """The strategies of one kind, by name; a duplicate name is an error naming both."""
+        caller = {
+            "storage": self.pm.hook.rehost_storage_strategies,
+            "allocation": self.pm.hook.rehost_allocation_strategies,
+        }[kind]
+        found: dict[str, StrategyRecord] = {}
+        for impl in caller.get_hookimpls():
+            plugin_name = self.pm.get_name(impl.plugin) or "?"
+            records = impl.function() or []
+            for rec in records:
+                if not isinstance(rec, StrategyRecord):
+                    raise PluginError(
+                        f"plugin {plugin_name!r} offered a {kind} strategy that is not a "
+                        f"StrategyRecord: {rec!r}"
+                    )
+                rec = StrategyRecord(rec.kind, rec.name, rec.description, rec.factory, plugin_name)
+                if rec.name in found:
+                    raise PluginError(
+                        f"{kind} strategy {rec.name!r} is offered by two plugins: "
+                        f"{found[rec.name].plugin!r} and {plugin_name!r}"
+                    )
+                found[rec.name] = rec
+        return found
+
+    def strategy(self, kind: str, name: str) -> StrategyRecord:
+        found = self.strategies(kind)
+        if name not in found:
+            choices = ", ".join(sorted(found)) or "(none)"
+            raise ConfigError(f"unknown {kind} strategy {name!r}: choose one of {choices}")
+        return found[name]
+
+    def listing(self) -> list[PluginInfo]:
+        return list(self.infos.values())
+
+
+def build_plugin_manager(
+    *,
+    block: Sequence[str] = (),
+    plugin_files: Sequence[str | Path] = (),
+    extra: Sequence[tuple[object, str]] = (),
+    entry_points: bool = True,
+    builtins: Iterable[str] | None = None,
+) -> PluginManager:
+    """Build a plugin manager: built-ins, then entry-point plugins, then plugin files, then
+    ``extra`` (plugin objects with names, as tests and the lab register them).
+
+    :param block: plugin names not to register (built-in, entry point or file stem).
+    :param builtins: register only these built-ins (default: all).
+    """
+    manager = PluginManager()
+    for name in block:
+        manager.block(name)
+    manager.load_builtins(builtins)
+    if entry_points:
+        manager.load_entry_points()
+    for path in plugin_files:
+        manager.load_file(path)
+    for plugin, name in extra:
+        manager.register(plugin, name, "in-process", repr(plugin))
+    return manager
+
+
+class Hooks:
+    """The typed facade the core calls hooks through (keywords only, one place)."""
+
+    def __init__(self, manager: PluginManager) -> None:
+        self._hook = manager.pm.hook
+
+    def configure(self, ctx: Campaign) -> None:
+        self._hook.rehost_configure(ctx=ctx)
+
+    def unconfigure(self, ctx: Campaign) -> None:
+        self._hook.rehost_unconfigure(ctx=ctx)
+
+    def preflight(self, ctx: Campaign) -> list[Finding]:
+        out: list[Finding] = []
+        for findings in self._hook.rehost_preflight(ctx=ctx):
+            out.extend(findings or [])
+        return out
+
+    def select_vms(self, ctx: Campaign) -> list[VM] | None:
+        result: list[VM] | None = self._hook.rehost_select_vms(ctx=ctx)
+        return result
+
+    def fence(self, ctx: Campaign) -> dict[str, Any] | None:
+        result: dict[str, Any] | None = self._hook.rehost_fence(ctx=ctx)
+        return result
+
+    def unfence(self, ctx: Campaign, fenced: dict[str, Any]) -> dict[str, Any] | None:
+        result: dict[str, Any] | None = self._hook.rehost_unfence(ctx=ctx, fenced=fenced)
+        return result
+
+    def campaign_start(self, ctx: Campaign, vms: list[VM]) -> None:
+        self._hook.rehost_campaign_start(ctx=ctx, vms=vms)
+
+    def campaign_finish(self, ctx: Campaign, outcome: dict[str, str]) -> None:
+        self._hook.rehost_campaign_finish(ctx=ctx, outcome=outcome)
+
+    def stage_start(self, stage: str, vm: VM | None, ctx: Campaign) -> None:
+        self._hook.rehost_stage_start(stage=stage, vm=vm, ctx=ctx)
+
+    def stage_finish(self, stage: str, vm: VM | None, ctx: Campaign, result: Any) -> None:
+        self._hook.rehost_stage_finish(stage=stage, vm=vm, ctx=ctx, result=result)
+
+    def stage_error(self, stage: str, vm: VM | None, ctx: Campaign, error: BaseException) -> None:
+        self._hook.rehost_stage_error(stage=stage, vm=vm, ctx=ctx, error=error)
+
+    def notify(self, vm: VM, ctx: Campaign, event: str) -> None:
+        self._hook.rehost_notify(vm=vm, ctx=ctx, event=event)
+
+    def vm_stage(self, stage: str, vm: VM, ctx: Campaign) -> Any:
+        """Perform one per-VM stage through its ``rehost_vm_<stage>`` hook."""
+        caller = getattr(self._hook, f"rehost_vm_{stage}", None)
+        if caller is None:
+            raise PluginError(f"no hook performs stage {stage!r}")
+        return caller(vm=vm, ctx=ctx)
+
+    def report(self, ctx: Campaign, outdir: str, formats: list[str]) -> list[str]:
+        paths: list[str] = []
+        for written in self._hook.rehost_report(ctx=ctx, outdir=outdir, formats=formats):
+            paths.extend(written or [])
+        return paths

@@ -1,0 +1,234 @@
+"""Commands on hosts, over ssh or locally, built from argument lists.
+
+Every argument is quoted for the remote shell (``shlex.quote``), so a VM name like
+``a'b; touch /tmp/x`` or a path with spaces or newlines is data, never code. Paths are passed
+after ``--`` wherever the tool accepts it, so a leading ``-`` is not an option.
+
+The file primitives use only tools a CentOS 5 host has (coreutils 5.97, openssl 0.9.8).
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import sh
+from loguru import logger
+
+from rehost.core.errors import RemoteError
+
+DEFAULT_TIMEOUT = 120.0
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    argv: tuple[str, ...]
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+@dataclass(frozen=True)
+class FileStat:
+    path: str
+    size: int
+    allocated: int
+    uid: int
+    gid: int
+    owner: str
+    group: str
+
+
+@dataclass(frozen=True)
+class SshOptions:
+    """How to reach hosts over ssh. ``config`` is an ssh_config file (``ssh -F``)."""
+
+    config: str | None = None
+    key: str | None = None
+    known_hosts: str | None = None
+    strict_host_keys: bool = True
+    connect_timeout: int = 10
+
+    def argv(self) -> list[str]:
+        args: list[str] = []
+        if self.config:
+            args += ["-F", self.config]
+        if self.key:
+            args += ["-i", self.key, "-o", "IdentitiesOnly=yes"]
+        if self.known_hosts:
+            args += ["-o", f"UserKnownHostsFile={self.known_hosts}"]
+        args += ["-o", "StrictHostKeyChecking=" + ("yes" if self.strict_host_keys else "no")]
+        args += ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={self.connect_timeout}"]
+        return args
+
+
+def quote_argv(argv: Sequence[str]) -> str:
+    """One command line for a POSIX shell in which every argument stays one word, verbatim."""
+    return " ".join(shlex.quote(str(a)) for a in argv)
+
+
+class Shell:
+    """Runs argument lists on one host: locally (``address=None``) or over ssh."""
+
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        user: str = "root",
+        port: int = 22,
+        ssh: SshOptions | None = None,
+        name: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        self.address = address
+        self.user = user
+        self.port = port
+        self.ssh = ssh or SshOptions()
+        self.name = name or address or "localhost"
+        self.timeout = timeout
+
+    @property
+    def is_local(self) -> bool:
+        return self.address is None
+
+    def ssh_argv(self) -> list[str]:
+        """The ssh command (without the remote command) that reaches this host."""
+        if self.address is None:
+            raise ValueError("a local shell has no ssh command")
+        return ["ssh", *self.ssh.argv(), "-p", str(self.port), "-T", f"{self.user}@{self.address}"]
+
+    def command_argv(self, argv: Sequence[str]) -> list[str]:
+        """The local argument list that runs ``argv`` on this host."""
+        if self.is_local:
+            return [str(a) for a in argv]
+        # ssh joins its remaining arguments with spaces and hands them to the remote shell:
+        # give it exactly one word, already quoted.
+        return [*self.ssh_argv(), "--", quote_argv(argv)]
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        timeout: float | None = None,
+        check: bool = True,
+        input: str | bytes | None = None,
+    ) -> CommandResult:
+        """Run ``argv`` on the host. Raises :class:`RemoteError` on failure (when ``check``)
+        or timeout; the error names the host and the command."""
+        argv = [str(a) for a in argv]
+        if not argv:
+            raise ValueError("empty command")
+        full = self.command_argv(argv)
+        limit = self.timeout if timeout is None else timeout
+        logger.debug("run on {}: {}", self.name, quote_argv(argv))
+        # coreutils `timeout` bounds the local process (ssh, or the command itself); it is
+        # cheaper than sh's own _timeout, which polls.
+        bounded = ["timeout", "--kill-after=5", f"{limit:g}", *full]
+        try:
+            proc = sh.Command(bounded[0])(
+                *bounded[1:],
+                _in=input,
+                _ok_code=list(range(256)),
+                _return_cmd=True,
+                _tty_out=False,
+                _tty_in=False,
+                _decode_errors="replace",
+            )
+        except sh.CommandNotFound as exc:
+            raise RemoteError(self.name, argv, f"cannot run {bounded[0]!r}: not found") from exc
+        result = CommandResult(
+            tuple(argv),
+            int(proc.exit_code),
+            _text(proc.stdout),
+            _text(proc.stderr),
+        )
+        if result.exit_code in (124, 137) and "timeout" not in argv[0]:
+            raise RemoteError(self.name, argv, f"timed out after {limit:g} s")
+        if result.exit_code == 127 and self.is_local and "timeout:" in result.stderr:
+            raise RemoteError(self.name, argv, f"cannot run {argv[0]!r}: not found")
+        if not self.is_local and result.exit_code == 255:
+            raise RemoteError(
+                self.name, argv, "failed: ssh could not reach the host", 255, result.stdout,
+                result.stderr,
+            )
+        if check and result.exit_code != 0:
+            raise RemoteError(
+                self.name, argv, f"exited with {result.exit_code}", result.exit_code,
+                result.stdout, result.stderr,
+            )
+        return result
+
+    # -- file primitives (CentOS 5 safe) ------------------------------------------------------
+
+    def exists(self, path: str) -> bool:
+        return self.run(["test", "-e", path], check=False).exit_code == 0
+
+    def stat(self, path: str) -> FileStat:
+        """Size, allocated bytes and owner of a file."""
+        out = self.run(["stat", "-L", "-c", "%s %b %B %u %g %U %G", "--", path]).stdout
+        size, blocks, bsize, uid, gid, owner, group = out.split()
+        return FileStat(path, int(size), int(blocks) * int(bsize), int(uid), int(gid), owner, group)
+
+    def rename(self, src: str, dst: str) -> None:
+        """Rename ``src`` to ``dst`` without ever overwriting ``dst``.
+
+        ``ln`` (without ``-f``) refuses an existing target and is atomic; the old name is
+        removed only once the new one exists. Running it again after a crash between the two
+        steps finishes the job. (coreutils 5.97 has no ``mv -n``.)
+        """
+        if not self.exists(src):
+            if self.exists(dst):
+                return  # done before
+            raise RemoteError(self.name, ["mv", src, dst], f"failed: {src!r} does not exist")
+        if self.exists(dst):
+            if self._same_file(src, dst):
+                self.remove(src)
+                return
+            raise RemoteError(
+                self.name, ["mv", src, dst], f"refused: {dst!r} exists and would be overwritten"
+            )
+        self.run(["ln", "--", src, dst])
+        self.run(["rm", "-f", "--", src])
+
+    def _same_file(self, a: str, b: str) -> bool:
+        out = self.run(["stat", "-c", "%d:%i", "--", a, b]).stdout.split()
+        return len(out) == 2 and out[0] == out[1]
+
+    def remove(self, path: str) -> None:
+        self.run(["rm", "-f", "--", path])
+
+    def free_space(self, path: str) -> int:
+        """Bytes available to root's files on the filesystem holding ``path``."""
+        out = self.run(["df", "-P", "-k", "--", path]).stdout.strip().splitlines()
+        fields = out[-1].split()
+        return int(fields[3]) * 1024
+
+    def checksum(self, path: str, algorithm: str = "sha1") -> str:
+        """Hex digest of a file: ``md5``/``sha1`` with coreutils, ``sha256`` with openssl
+        (CentOS 5 has no sha256sum)."""
+        if algorithm in ("md5", "sha1"):
+            out = self.run([f"{algorithm}sum", "--", path], timeout=3600).stdout
+            return out.split()[0].lstrip("\\")
+        if algorithm == "sha256":
+            out = self.run(["openssl", "dgst", "-sha256", path], timeout=3600).stdout.strip()
+            return out.rsplit("= ", 1)[-1].strip()
+        raise ValueError(f"unknown checksum algorithm {algorithm!r}: choose md5, sha1 or sha256")
+
+    def chown(self, path: str, owner: str) -> None:
+        self.run(["chown", "--", owner, path])
+
+    def read_text(self, path: str) -> str:
+        return self.run(["cat", "--", path]).stdout
+
+    def write_text(self, path: str, text: str) -> None:
+        # the path is the shell's $1: data, not code
+        self.run(["sh", "-c", 'cat > "$1"', "sh", path], input=text)
+
+
+def _text(data: str | bytes | None) -> str:
+    if data is None:
+        return ""
+    if isinstance(data, bytes):
+        return data.decode("utf-8", "replace")
+    return data

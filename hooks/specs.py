@@ -1,0 +1,328 @@
+"""Every hook of rehost, with its documentation.
+
+The sections follow what a hook concerns: plugin set-up, registries of strategies, the campaign,
+stage events, the per-VM stages, storage, allocation, notification and reports.
+
+Rules (see STYLE.md):
+
+* hooks are called with keyword arguments only, through :class:`rehost.core.plugins.Hooks`;
+* a hook that *performs or decides one thing* is ``firstresult``: the first non-``None`` answer
+  wins and the rest are not called. Built-in implementations are ``trylast`` so a site plugin
+  wins without unregistering anything;
+* a hook that *observes* (events, notifications, reports) is called on every plugin, and its
+  return values are collected in a list;
+* reporters observe: they never change what happened.
+
+``ctx`` is always the campaign (:class:`rehost.core.campaign.Campaign`): the site config, the
+journal, the hosts, the control plane (Abiquo) client and the chosen strategies.
+``vm`` is a :class:`rehost.core.model.VM`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from rehost.hooks import hookspec
+
+if TYPE_CHECKING:
+    from rehost.core.campaign import Campaign
+    from rehost.core.model import VM, Finding, StrategyRecord
+
+
+# ---------------------------------------------------------------------------------------------
+# plugin set-up
+# ---------------------------------------------------------------------------------------------
+
+
+@hookspec
+def rehost_configure(ctx: Campaign) -> None:
+    """Called once a campaign is built, before the preflight.
+
+    :param ctx: the campaign.
+
+    A plugin may read its options from ``ctx.config.plugin_options(name)`` here.
+
+    Example::
+
+        @hookimpl
+        def rehost_configure(ctx):
+            ctx.log.info("my plugin is active")
+    """
+
+
+@hookspec
+def rehost_unconfigure(ctx: Campaign) -> None:
+    """Called once when the campaign ends, after the report, also when it failed.
+
+    :param ctx: the campaign.
+    """
+
+
+# ---------------------------------------------------------------------------------------------
+# registries: strategies are typed records
+# ---------------------------------------------------------------------------------------------
+
+
+@hookspec
+def rehost_storage_strategies() -> list[StrategyRecord]:
+    """Offer storage strategies: how the user's disks get from the source to the target host.
+
+    :return: a list of :class:`~rehost.core.model.StrategyRecord` with ``kind="storage"``.
+      Each record's ``factory(options)`` returns an object with the methods of
+      :class:`rehost.core.strategies.StorageStrategy`.
+
+    Names must be unique across all plugins: a duplicate is an error naming both plugins.
+
+    Example::
+
+        @hookimpl
+        def rehost_storage_strategies():
+            return [StrategyRecord("storage", "nfs", "copy through the NFS filer", NfsCopy)]
+    """
+
+
+@hookspec
+def rehost_allocation_strategies() -> list[StrategyRecord]:
+    """Offer allocation strategies: how Abiquo is made to send new deploys to the new hosts.
+
+    :return: a list of :class:`~rehost.core.model.StrategyRecord` with ``kind="allocation"``.
+      Each record's ``factory(options)`` returns an object with the methods of
+      :class:`rehost.core.strategies.AllocationStrategy` (``fence``, ``unfence``).
+
+    Example::
+
+        @hookimpl
+        def rehost_allocation_strategies():
+            return [StrategyRecord("allocation", "tagged", "fence by tags", TagFence)]
+    """
+
+
+# ---------------------------------------------------------------------------------------------
+# the campaign
+# ---------------------------------------------------------------------------------------------
+
+
+@hookspec
+def rehost_preflight(ctx: Campaign) -> list[Finding]:
+    """Check the campaign before anything changes.
+
+    Every plugin may contribute findings; all are collected. A ``critical`` finding stops the
+    run before the fence.
+
+    :param ctx: the campaign.
+    :return: a list of :class:`~rehost.core.model.Finding` (may be empty).
+
+    Example::
+
+        @hookimpl
+        def rehost_preflight(ctx):
+            return [Finding("warning", "friday", "it is Friday")] if is_friday() else []
+    """
+
+
+@hookspec(firstresult=True)
+def rehost_select_vms(ctx: Campaign) -> list[VM] | None:
+    """Decide which VMs the campaign moves. Stops at first non-None result.
+
+    :param ctx: the campaign.
+    :return: the VMs, or ``None`` to let another plugin decide.
+    """
+
+
+@hookspec(firstresult=True)
+def rehost_fence(ctx: Campaign) -> dict[str, Any] | None:
+    """Make the control plane send new deploys to the target hosts only. Stops at first
+    non-None result.
+
+    The built-in implementation asks the configured allocation strategy. Whatever is
+    returned is journaled and given back to :func:`rehost_unfence`.
+
+    :param ctx: the campaign.
+    :return: a record of what was changed (JSON-serialisable), so it can be restored.
+    """
+
+
+@hookspec(firstresult=True)
+def rehost_unfence(ctx: Campaign, fenced: dict[str, Any]) -> dict[str, Any] | None:
+    """Put back what :func:`rehost_fence` changed. Stops at first non-None result.
+
+    Runs at the end of every campaign that fenced, also a failed one.
+
+    :param ctx: the campaign.
+    :param fenced: what the fence returned.
+    :return: a record of what was restored.
+    """
+
+
+@hookspec
+def rehost_campaign_start(ctx: Campaign, vms: list[VM]) -> None:
+    """The campaign starts moving VMs (after preflight and fence).
+
+    :param ctx: the campaign.
+    :param vms: the VMs it will move, in order.
+    """
+
+
+@hookspec
+def rehost_campaign_finish(ctx: Campaign, outcome: dict[str, str]) -> None:
+    """The campaign has ended (after unfence, before the report).
+
+    :param ctx: the campaign.
+    :param outcome: each VM's name mapped to ``done``, ``failed`` or ``skipped``.
+    """
+
+
+# ---------------------------------------------------------------------------------------------
+# stage events: every stage of the campaign and of every VM
+# ---------------------------------------------------------------------------------------------
+
+
+@hookspec
+def rehost_stage_start(stage: str, vm: VM | None, ctx: Campaign) -> None:
+    """A stage starts. Observers only.
+
+    :param stage: the stage's name (see :data:`rehost.core.model.VM_STAGES` and
+      :data:`~rehost.core.model.CAMPAIGN_STAGES`).
+    :param vm: the VM, or ``None`` for a campaign stage.
+    :param ctx: the campaign.
+    """
+
+
+@hookspec
+def rehost_stage_finish(stage: str, vm: VM | None, ctx: Campaign, result: Any) -> None:
+    """A stage finished successfully. Observers only.
+
+    :param stage: the stage's name.
+    :param vm: the VM, or ``None`` for a campaign stage.
+    :param ctx: the campaign.
+    :param result: what the stage's hook returned (facts about the work done).
+    """
+
+
+@hookspec
+def rehost_stage_error(stage: str, vm: VM | None, ctx: Campaign, error: BaseException) -> None:
+    """A stage failed. Observers only: the core stops the VM at a safe point and goes on
+    with the others.
+
+    :param stage: the stage's name.
+    :param vm: the VM, or ``None`` for a campaign stage.
+    :param ctx: the campaign.
+    :param error: the exception.
+    """
+
+
+# ---------------------------------------------------------------------------------------------
+# the per-VM stages: each performs one thing (firstresult). A result of None means "not mine";
+# a stage nobody performs is an error. Results are journaled.
+# ---------------------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def rehost_vm_locate(vm: VM, ctx: Campaign) -> dict[str, Any] | None:
+    """Confirm which source host runs the VM: the control plane and libvirt must agree.
+    Sets ``vm.source_host``. Stops at first non-None result."""
+
+
+@hookspec(firstresult=True)
+def rehost_vm_backup_xml(vm: VM, ctx: Campaign) -> dict[str, Any] | None:
+    """Save the domain's XML to the state directory and list its disks into ``vm.disks``.
+    Stops at first non-None result."""
+
+
+@hookspec
+def rehost_notify(vm: VM, ctx: Campaign, event: str) -> None:
+    """Tell a VM's users what happens to it. Every notifier is called.
+
+    :param event: ``downtime_start``, ``downtime_end`` or ``failed``.
+
+    Example::
+
+        @hookimpl
+        def rehost_notify(vm, ctx, event):
+            mail(owner_of(vm), f"{vm.label}: {event}")
+    """
+
+
+@hookspec(firstresult=True)
+def rehost_vm_power_off(vm: VM, ctx: Campaign) -> dict[str, Any] | None:
+    """Power the VM off on its source host: graceful within a time limit, then forced.
+    Stops at first non-None result."""
+
+
+@hookspec(firstresult=True)
+def rehost_vm_undefine(vm: VM, ctx: Campaign) -> dict[str, Any] | None:
+    """Undefine the domain on the source host. Stops at first non-None result."""
+
+
+@hookspec(firstresult=True)
+def rehost_vm_await_undeployed(vm: VM, ctx: Campaign) -> dict[str, Any] | None:
+    """Wait until the control plane shows the VM undeployed (Abiquo: NOT_ALLOCATED).
+    Stops at first non-None result."""
+
+
+@hookspec(firstresult=True)
+def rehost_vm_preserve_disks(vm: VM, ctx: Campaign) -> dict[str, Any] | None:
+    """Rename each file disk ``X`` to ``X_BACK`` on the source datastore, so that the deploy
+    cannot overwrite it. Stops at first non-None result."""
+
+
+@hookspec(firstresult=True)
+def rehost_vm_deploy(vm: VM, ctx: Campaign) -> dict[str, Any] | None:
+    """Deploy the VM again and check it landed on a target host; sets ``vm.target_host``.
+    Stops at first non-None result."""
+
+
+@hookspec(firstresult=True)
+def rehost_vm_power_off_new(vm: VM, ctx: Campaign) -> dict[str, Any] | None:
+    """Power off the freshly deployed VM. Stops at first non-None result."""
+
+
+@hookspec(firstresult=True)
+def rehost_vm_transfer(vm: VM, ctx: Campaign) -> dict[str, Any] | None:
+    """Bring every ``X_BACK`` to the target datastore (the storage strategy's work).
+    Stops at first non-None result."""
+
+
+@hookspec(firstresult=True)
+def rehost_vm_remove_new_disks(vm: VM, ctx: Campaign) -> dict[str, Any] | None:
+    """Delete the template disks the deploy created on the target. Stops at first non-None
+    result."""
+
+
+@hookspec(firstresult=True)
+def rehost_vm_swap_disks(vm: VM, ctx: Campaign) -> dict[str, Any] | None:
+    """Move the user's disks into the new VM's disk paths, owned as the hypervisor expects.
+    Stops at first non-None result."""
+
+
+@hookspec(firstresult=True)
+def rehost_vm_start(vm: VM, ctx: Campaign) -> dict[str, Any] | None:
+    """Start the VM on the target and check it is ON. Stops at first non-None result."""
+
+
+@hookspec(firstresult=True)
+def rehost_vm_verify(vm: VM, ctx: Campaign) -> dict[str, Any] | None:
+    """Check the disks on the target are the user's disks and the domain runs there.
+    Stops at first non-None result."""
+
+
+@hookspec(firstresult=True)
+def rehost_vm_cleanup(vm: VM, ctx: Campaign) -> dict[str, Any] | None:
+    """Delete ``X_BACK`` on the source datastore, only after verify and only when asked.
+    Stops at first non-None result."""
+
+
+# ---------------------------------------------------------------------------------------------
+# reports
+# ---------------------------------------------------------------------------------------------
+
+
+@hookspec
+def rehost_report(ctx: Campaign, outdir: str, formats: list[str]) -> list[str]:
+    """Write the campaign's report. Every reporter is called; reporters observe only.
+
+    :param ctx: the campaign (its journal holds every stage of every VM).
+    :param outdir: the directory to write into.
+    :param formats: the formats asked for (``html``, ``md``, ``json``).
+    :return: the paths written.
+    """

@@ -1,0 +1,147 @@
+"""The lab description (TOML): hosts, their personalities, the datastore, the VMs to create."""
+
+from __future__ import annotations
+
+import hashlib
+import tomllib
+import uuid as uuidlib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from rehost.core.errors import ConfigError
+
+#: What each personality shows in /etc/redhat-release.
+PERSONALITIES: dict[str, str] = {
+    "centos-5.11": "CentOS release 5.11 (Final)",
+    "centos-5.8": "CentOS release 5.8 (Final)",
+    "centos-6.3": "CentOS release 6.3 (Final)",
+    "centos-6.4": "CentOS release 6.4 (Final)",
+    "centos-6.5": "CentOS release 6.5 (Final)",
+}
+
+
+@dataclass
+class LabDisk:
+    size_mib: int = 64
+    format: str = "raw"  # raw (sparse) or qcow2
+    data_mib: int = 2  # how much of it holds the disk's own content
+
+
+@dataclass
+class LabVM:
+    name: str
+    host: str
+    uuid: str
+    cpu: int = 1
+    ram_mib: int = 32
+    disks: list[LabDisk] = field(default_factory=list)
+    volume: bool = False
+    running: bool = True
+
+    @property
+    def domain(self) -> str:
+        return f"ABQ_{self.uuid}"
+
+
+@dataclass
+class LabHost:
+    name: str
+    os: str
+    cpus: int = 4
+    ram_mib: int = 8192
+
+
+@dataclass
+class LabDescription:
+    name: str
+    network: str
+    datastore: str
+    shared_datastore: bool
+    volume_mib: int
+    hosts: list[LabHost]
+    vms: list[LabVM]
+    source: str = ""
+
+    def host(self, name: str) -> LabHost:
+        for h in self.hosts:
+            if h.name == name:
+                return h
+        raise KeyError(name)
+
+
+def _stable_uuid(lab: str, name: str) -> str:
+    digest = hashlib.sha1(f"rehost-lab:{lab}:{name}".encode()).hexdigest()
+    return str(uuidlib.UUID(digest[:32]))
+
+
+def _check_keys(where: str, data: dict[str, Any], allowed: set[str]) -> None:
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise ConfigError(f"lab description: unknown key {where}{unknown[0]!r} "
+                          f"(known: {', '.join(sorted(allowed))})")
+
+
+def parse_description(text: str, source: str = "<string>") -> LabDescription:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"lab description {source}: {exc}") from exc
+    _check_keys("", data, {"lab", "hosts", "vms"})
+    lab = data.get("lab", {})
+    _check_keys("lab.", lab, {"name", "network", "datastore", "shared_datastore", "volume_mib"})
+    name = str(lab.get("name", "lab"))
+    hosts: list[LabHost] = []
+    for i, h in enumerate(data.get("hosts", [])):
+        _check_keys(f"hosts[{i}].", h, {"name", "os", "cpus", "ram_mib"})
+        if h.get("os") not in PERSONALITIES:
+            raise ConfigError(
+                f"lab description: hosts[{i}].os is {h.get('os')!r}: choose one of "
+                f"{', '.join(PERSONALITIES)}"
+            )
+        hosts.append(LabHost(str(h["name"]), str(h["os"]), int(h.get("cpus", 4)),
+                             int(h.get("ram_mib", 8192))))
+    if not hosts:
+        raise ConfigError("lab description: no hosts")
+    names = {h.name for h in hosts}
+    if len(names) != len(hosts):
+        raise ConfigError("lab description: two hosts have the same name")
+    vms: list[LabVM] = []
+    for i, v in enumerate(data.get("vms", [])):
+        _check_keys(f"vms[{i}].", v, {"name", "host", "uuid", "cpu", "ram_mib", "disks", "volume",
+                                      "running"})
+        if v.get("host") not in names:
+            raise ConfigError(f"lab description: vms[{i}].host {v.get('host')!r} is not a host")
+        disks = []
+        for j, d in enumerate(v.get("disks", [{}])):
+            _check_keys(f"vms[{i}].disks[{j}].", d, {"size_mib", "format", "data_mib"})
+            if d.get("format", "raw") not in ("raw", "qcow2"):
+                raise ConfigError(f"lab description: vms[{i}].disks[{j}].format: raw or qcow2")
+            disks.append(LabDisk(int(d.get("size_mib", 64)), str(d.get("format", "raw")),
+                                 int(d.get("data_mib", 2))))
+        vname = str(v.get("name", f"vm{i + 1}"))
+        vms.append(LabVM(vname, str(v["host"]), str(v.get("uuid") or _stable_uuid(name, vname)),
+                         int(v.get("cpu", 1)), int(v.get("ram_mib", 32)), disks,
+                         bool(v.get("volume", False)), bool(v.get("running", True))))
+    return LabDescription(
+        name=name,
+        network=str(lab.get("network", "198.18.0.0/24")),
+        datastore=str(lab.get("datastore", "/var/lib/virt")),
+        shared_datastore=bool(lab.get("shared_datastore", False)),
+        volume_mib=int(lab.get("volume_mib", 32)),
+        hosts=hosts,
+        vms=vms,
+        source=source,
+    )
+
+
+def load_description(path: str | Path | None = None) -> LabDescription:
+    """Read a lab description; ``None`` is the default lab shipped with rehost."""
+    if path is None:
+        text = resources.files("rehost.lab").joinpath("default.toml").read_text()
+        return parse_description(text, "default.toml")
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"lab description {str(p)!r} does not exist")
+    return parse_description(p.read_text(), str(p))

@@ -1,0 +1,72 @@
+"""The site config the lab writes for rehost (see :mod:`rehost.core.config` for its keys)."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rehost.lab.lab import LabState
+
+
+def _s(value: str) -> str:
+    # a TOML basic string: JSON's escapes are valid TOML
+    return json.dumps(value)
+
+
+def render_site_config(st: LabState, storage: str | None = None,
+                       allocation: str = "loadlevel") -> str:
+    data = st.data
+    root = st.root
+    shared = len({h["datastore_dir"] for h in data["hosts"]}) == 1 and len(data["hosts"]) > 1
+    storage = storage or ("shared" if shared else "scp")
+    lines = [
+        "# rehost site config written by `rehost lab up` for the rehearsal lab",
+        f"# lab: {data['name']} ({root})",
+        "",
+        "[campaign]",
+        f"name = {_s('lab-' + data['name'])}",
+        f"state_dir = {_s(str(root / 'state'))}",
+        f"report_dir = {_s(str(root / 'reports'))}",
+        'vms = "all"',
+        "",
+        "[ssh]",
+        f"config = {_s(data['ssh_config'])}",
+        "",
+    ]
+    emu = data.get("emulator")
+    if emu:
+        lines += [
+            "[abiquo]",
+            f"url = {_s(emu['url'])}",
+            f"user = {_s(emu['user'])}",
+            f"password_file = {_s(emu['password_file'])}",
+            f"version = {_s(emu.get('version', '2.6'))}",
+            f"verify_tls = {'true' if emu.get('verify_tls', True) else 'false'}",
+            "",
+        ]
+    for h in data["hosts"]:
+        role = "source" if h["os"].startswith("centos-5") else "target"
+        lines += [
+            f"[hosts.{_s(h['name'])}]",
+            f"address = {_s(h['address'])}",
+            f"uri = {_s(h['uri'])}",
+            f"role = {_s(role)}",
+            f"datastore = {_s(h['datastore'])}",
+            "",
+        ]
+    lines += [
+        "[storage]",
+        f"strategy = {_s(storage)}",
+        "",
+        "[allocation]",
+        f"strategy = {_s(allocation)}",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_site_config(st: LabState, **kwargs: str) -> str:
+    text = render_site_config(st, **kwargs)
+    st.site_config.write_text(text)
+    return text
