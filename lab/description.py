@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from rehost.core.errors import ConfigError
+from rehost.lab.hosts import default_network
 
 #: What each personality shows in /etc/redhat-release.
 PERSONALITIES: dict[str, str] = {
@@ -126,7 +127,7 @@ def parse_description(text: str, source: str = "<string>") -> LabDescription:
                          bool(v.get("volume", False)), bool(v.get("running", True))))
     return LabDescription(
         name=name,
-        network=str(lab.get("network", "198.18.0.0/24")),
+        network=str(lab.get("network") or default_network()),
         datastore=str(lab.get("datastore", "/var/lib/virt")),
         shared_datastore=bool(lab.get("shared_datastore", False)),
         volume_mib=int(lab.get("volume_mib", 32)),

@@ -22,9 +22,34 @@ from loguru import logger
 
 from rehost.core.errors import LabError
 
-NETNS_PREFIX = "rhlab-"
-BRIDGE_NS = "rhlab-br"
-ROOT_VETH = "rhlab0"
+
+def instance() -> str:
+    """Several labs can be up at once (one per developer or test run): REHOST_LAB_INSTANCE
+    (a number, default 0) keeps their namespaces, interfaces, addresses and folders apart."""
+    value = os.environ.get("REHOST_LAB_INSTANCE", "0").strip() or "0"
+    if not value.isdigit() or int(value) > 250:
+        raise LabError(f"REHOST_LAB_INSTANCE must be a number from 0 to 250, not {value!r}")
+    return str(int(value))
+
+
+def _suffix() -> str:
+    return "" if instance() == "0" else instance()
+
+
+def netns_prefix() -> str:
+    return f"rhlab{_suffix()}-"
+
+
+def bridge_ns() -> str:
+    return netns_prefix() + "br"
+
+
+def root_veth() -> str:
+    return f"rhlab{_suffix()}x"
+
+
+def default_network() -> str:
+    return f"198.18.{instance()}.0/24"
 
 #: (host path inside the host, folder of the host's own copy)
 BIND_DIRS: tuple[tuple[str, str], ...] = (
@@ -98,7 +123,7 @@ class HostLayout:
 
     @property
     def netns(self) -> str:
-        return NETNS_PREFIX + self.name
+        return netns_prefix() + self.name
 
     def path(self, sub: str) -> Path:
         return self.root / sub
@@ -134,21 +159,21 @@ def host_addresses(network: str, count: int) -> tuple[str, list[str], int]:
 
 
 def create_network(layouts: list[HostLayout], controller: str, prefix: int) -> None:
-    run(["ip", "netns", "add", BRIDGE_NS])
-    nsx = ["ip", "netns", "exec", BRIDGE_NS]
+    br, veth = bridge_ns(), root_veth()
+    run(["ip", "netns", "add", br])
+    nsx = ["ip", "netns", "exec", br]
     run([*nsx, "ip", "link", "set", "lo", "up"])
     run([*nsx, "ip", "link", "add", "br0", "type", "bridge"])
     run([*nsx, "ip", "link", "set", "br0", "up"])
-    run(["ip", "link", "add", ROOT_VETH, "type", "veth", "peer", "name", "rhlab0p", "netns",
-         BRIDGE_NS])
-    run(["ip", "addr", "add", f"{controller}/{prefix}", "dev", ROOT_VETH])
-    run(["ip", "link", "set", ROOT_VETH, "up"])
+    run(["ip", "link", "add", veth, "type", "veth", "peer", "name", "rhlab0p", "netns", br])
+    run(["ip", "addr", "add", f"{controller}/{prefix}", "dev", veth])
+    run(["ip", "link", "set", veth, "up"])
     run([*nsx, "ip", "link", "set", "rhlab0p", "master", "br0", "up"])
     for h in layouts:
         run(["ip", "netns", "add", h.netns])
         hx = ["ip", "netns", "exec", h.netns]
         run(["ip", "link", "add", f"rhl{h.index}a", "netns", h.netns, "type", "veth", "peer",
-             "name", f"rhl{h.index}b", "netns", BRIDGE_NS])
+             "name", f"rhl{h.index}b", "netns", br])
         run([*hx, "ip", "link", "set", f"rhl{h.index}a", "name", "eth0"])
         run([*hx, "ip", "addr", "add", f"{h.address}/{prefix}", "dev", "eth0"])
         run([*hx, "ip", "link", "set", "eth0", "up"])
@@ -159,14 +184,21 @@ def create_network(layouts: list[HostLayout], controller: str, prefix: int) -> N
 def lab_namespaces() -> list[str]:
     out = run(["ip", "netns", "list"], check=False).stdout
     return [line.split()[0] for line in out.splitlines()
-            if line.strip() and line.split()[0].startswith(NETNS_PREFIX)]
+            if line.strip() and line.split()[0].startswith(netns_prefix())]
+
+
+def any_lab_namespaces() -> list[str]:
+    """Namespaces of every lab instance on this machine."""
+    out = run(["ip", "netns", "list"], check=False).stdout
+    return [line.split()[0] for line in out.splitlines()
+            if line.strip() and line.split()[0].startswith("rhlab")]
 
 
 def delete_network() -> None:
     for ns in lab_namespaces():
         run(["ip", "netns", "del", ns], check=False)
-    if run(["ip", "link", "show", ROOT_VETH], check=False).returncode == 0:
-        run(["ip", "link", "del", ROOT_VETH], check=False)
+    if run(["ip", "link", "show", root_veth()], check=False).returncode == 0:
+        run(["ip", "link", "del", root_veth()], check=False)
 
 
 # -- a host's files ----------------------------------------------------------------------------

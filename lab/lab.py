@@ -31,7 +31,11 @@ MIB = 1024 * 1024
 
 
 def lab_dir() -> Path:
-    return Path(os.environ.get("REHOST_LAB_DIR", DEFAULT_LAB_DIR))
+    """The lab's folder: REHOST_LAB_DIR, else one per lab instance."""
+    if os.environ.get("REHOST_LAB_DIR"):
+        return Path(os.environ["REHOST_LAB_DIR"])
+    inst = labhosts.instance()
+    return Path(DEFAULT_LAB_DIR + ("" if inst == "0" else f"-{inst}"))
 
 
 @dataclass
@@ -355,7 +359,8 @@ def down(root: Path | None = None, quiet: bool = False) -> list[str]:
     labhosts.delete_network()
     if namespaces:
         done.append(f"deleted namespaces {' '.join(namespaces)}")
-    if st is not None:
+    # a folder that is a mount point of another lab's host must stay (rmdir would detach it)
+    if st is not None and not labhosts.any_lab_namespaces():
         for d in reversed(st.data.get("created_dirs", [])):
             try:
                 os.rmdir(d)
@@ -400,7 +405,7 @@ def lab_mounts(root: Path | None = None) -> list[str]:
     """Mounts of the lab visible from here (there should be none outside its namespaces)."""
     r = str(root or lab_dir())
     with open("/proc/self/mountinfo") as f:
-        return [line for line in f if r in line or "/run/netns/" + labhosts.NETNS_PREFIX in line]
+        return [line for line in f if r in line or "/run/netns/" + labhosts.netns_prefix() in line]
 
 
 def host_shell_argv(st: LabState, host: str) -> list[str]:

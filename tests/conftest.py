@@ -1,0 +1,55 @@
+"""Shared fixtures. Lab tests bring up real libvirtd + sshd hosts in namespaces (needs root)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from loguru import logger
+
+from rehost.lab import lab as labmod
+from rehost.lab.lab import LabState
+
+
+@pytest.fixture(autouse=True)
+def _quiet_loguru() -> Iterator[None]:
+    logger.remove()
+    logger.add(lambda m: None, level="DEBUG")
+    yield
+
+
+def _need_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("the lab needs root")
+
+
+@pytest.fixture(scope="session")
+def lab() -> Iterator[LabState]:
+    """The default lab, up for the whole session. Tests must leave it as they found it
+    (or use ``make_lab`` for a lab of their own)."""
+    _need_root()
+    st = labmod.up()
+    yield st
+    labmod.down(quiet=True)
+
+
+@pytest.fixture
+def make_lab(tmp_path: Path) -> Iterator[Callable[[str], LabState]]:
+    """Bring up a lab from a description text; it is taken down after the test.
+
+    Only one lab per instance can be up: this takes the session lab down first if it is up.
+    """
+    _need_root()
+    made: list[bool] = []
+
+    def factory(description: str) -> LabState:
+        path = tmp_path / "lab.toml"
+        path.write_text(description)
+        made.append(True)
+        return labmod.up(path)
+
+    yield factory
+    if made:
+        labmod.down(quiet=True)
