@@ -36,13 +36,16 @@ def lab() -> Iterator[LabState]:
 
 
 @pytest.fixture
-def make_lab(tmp_path: Path) -> Iterator[Callable[[str], LabState]]:
-    """Bring up a lab from a description text; it is taken down after the test.
-
-    Only one lab per instance can be up: this takes the session lab down first if it is up.
-    """
+def make_lab(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[[str], LabState]]:
+    """Bring up a lab of the test's own from a description text; it is taken down after the
+    test. It is another lab instance (REHOST_LAB_INSTANCE + 100), so the session lab stays."""
     _need_root()
     made: list[bool] = []
+    base = int(os.environ.get("REHOST_LAB_INSTANCE", "0") or "0")
+    monkeypatch.setenv("REHOST_LAB_INSTANCE", str(base + 100))
+    monkeypatch.delenv("REHOST_LAB_DIR", raising=False)
 
     def factory(description: str) -> LabState:
         path = tmp_path / "lab.toml"
