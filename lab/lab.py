@@ -310,6 +310,10 @@ def up(description_path: str | Path | None = None, root: Path | None = None) -> 
     state["ssh_config"] = str(ssh_config)
     state["site_config"] = str(root / "site.toml")
     _save_state(root, state)
+    from rehost.lab.emulator.process import start_emulator
+
+    state["emulator"] = start_emulator(state)
+    _save_state(root, state)
     from rehost.lab.siteconfig import write_site_config
 
     write_site_config(LabState(state))

@@ -1,0 +1,536 @@
+"""A client for the part of the Abiquo 2.4/2.6 REST API rehost needs (ABIQUO-API.md).
+
+HTTP Basic authentication, versioned ``application/vnd.abiquo.*+json`` media types, links
+followed by ``rel``, collections paged through their ``next`` links, 202 + task polling with a
+time limit, Abiquo's error bodies turned into :class:`~rehost.core.errors.AbiquoError`.
+
+Retries (tenacity, exponential backoff): connection errors and 5xx answers are retried, 4xx never.
+A POST (deploy, undeploy, rule creation) is not idempotent, so it is retried only when the
+request cannot have been processed: the connection could not be opened, or 502/503/504.
+
+The password lives in one private object whose ``repr`` is masked; it is sent only in the
+``Authorization`` header, and neither the logs, nor ``repr``/``str`` of the client, nor an
+error message ever contain it.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import requests
+from loguru import logger
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+
+from rehost.core.errors import AbiquoError, ConfigError
+
+MEDIA_PREFIX = "application/vnd.abiquo."
+#: task states that mean "still running"
+TASK_RUNNING = frozenset({"PENDING", "QUEUEING", "STARTED"})
+TASK_FAILED = frozenset({"FINISHED_UNSUCCESSFULLY", "ABORTED", "ACK_ERROR", "CANCELLED"})
+DEPLOYED = frozenset({"ON", "OFF", "PAUSED"})
+
+
+# -- typed views of Abiquo's objects (field names exactly as Abiquo spells them) ---------------
+
+
+@dataclass(frozen=True)
+class Link:
+    rel: str
+    href: str
+    type: str = ""
+    title: str = ""
+
+    def to_dict(self) -> dict[str, str]:
+        return {"rel": self.rel, "href": self.href, "type": self.type, "title": self.title}
+
+
+def _links(data: dict[str, Any]) -> list[Link]:
+    return [Link(str(x.get("rel", "")), str(x.get("href", "")), str(x.get("type") or ""),
+                 str(x.get("title") or "")) for x in data.get("links") or []]
+
+
+@dataclass
+class Entity:
+    """Any Abiquo object: its links and the whole body as received (``raw``)."""
+
+    links: list[Link] = field(default_factory=list, repr=False)
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def link(self, rel: str) -> Link | None:
+        return next((x for x in self.links if x.rel == rel), None)
+
+    def href(self, rel: str) -> str:
+        found = self.link(rel)
+        if found is None:
+            raise AbiquoError(None, "LINK-MISSING", f"{type(self).__name__} has no link rel "
+                              f"{rel!r} (it has: {', '.join(x.rel for x in self.links)})")
+        return found.href
+
+    @property
+    def url(self) -> str:
+        """The object's own address (rel ``edit``, else ``self``)."""
+        found = self.link("edit") or self.link("self")
+        return found.href if found else ""
+
+
+E = TypeVar("E", bound=Entity)
+
+
+def parse(cls: type[E], data: dict[str, Any]) -> E:
+    """Build a typed view from an Abiquo body; unknown fields stay in ``raw``."""
+    kwargs: dict[str, Any] = {f.name: data.get(f.name) for f in fields(cls)
+                              if f.name not in ("links", "raw")}
+    return cls(links=_links(data), raw=dict(data), **kwargs)
+
+
+@dataclass
+class Datacenter(Entity):
+    id: int | None = None
+    name: str | None = None
+    location: str | None = None
+
+
+@dataclass
+class Rack(Entity):
+    id: int | None = None
+    name: str | None = None
+
+
+@dataclass
+class Machine(Entity):
+    id: int | None = None
+    name: str | None = None
+    description: str | None = None
+    state: str | None = None
+    ip: str | None = None
+    type: str | None = None
+    cpu: int | None = None
+    cpuUsed: int | None = None
+    ram: int | None = None
+    ramUsed: int | None = None
+
+
+@dataclass
+class VirtualMachine(Entity):
+    id: int | None = None
+    name: str | None = None
+    label: str | None = None
+    description: str | None = None
+    uuid: str | None = None
+    state: str | None = None
+    cpu: int | None = None
+    ram: int | None = None
+    hdInBytes: int | None = None
+
+    @property
+    def deployed(self) -> bool:
+        return self.state in DEPLOYED
+
+
+@dataclass
+class Task(Entity):
+    taskId: str | None = None
+    ownerId: str | None = None
+    userId: str | None = None
+    type: str | None = None
+    state: str | None = None
+    timestamp: int | None = None
+    jobs: Any = None
+
+    @property
+    def failed_jobs(self) -> list[dict[str, Any]]:
+        jobs = self.jobs.get("collection", []) if isinstance(self.jobs, dict) else self.jobs
+        return [j for j in jobs or [] if j.get("state") in ("FAILED", "ROLLBACK_DONE")]
+
+
+@dataclass
+class LoadLevelRule(Entity):
+    id: int | None = None
+    cpuLoadPercentage: int | None = None
+    ramLoadPercentage: int | None = None
+
+    @property
+    def target(self) -> Link | None:
+        """What the rule applies to: the link rel ``datacenter``, ``rack`` or ``machine``."""
+        return next((x for x in self.links if x.rel in ("machine", "rack", "datacenter")), None)
+
+
+@dataclass
+class FitPolicyRule(Entity):
+    id: int | None = None
+    fitPolicy: str | None = None
+
+    @property
+    def datacenter(self) -> str | None:
+        found = self.link("datacenter")
+        return found.href if found else None
+
+
+# -- transport ----------------------------------------------------------------------------------
+
+
+class _Secret:
+    """A string that never shows itself in a repr, a str or a log line."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "'********'"
+
+    __str__ = __repr__
+
+
+class _BasicAuth(requests.auth.AuthBase):
+    def __init__(self, user: str, password: _Secret) -> None:
+        self.user = user
+        self._password = password
+
+    def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
+        token = base64.b64encode(f"{self.user}:{self._password.reveal()}".encode()).decode()
+        r.headers["Authorization"] = f"Basic {token}"
+        return r
+
+    def __repr__(self) -> str:
+        return f"_BasicAuth(user={self.user!r})"
+
+
+def _retryable(method: str) -> Any:
+    def check(exc: BaseException) -> bool:
+        if isinstance(exc, AbiquoError):
+            if exc.status is None:
+                return False
+            return exc.status in (502, 503, 504) if method == "POST" else exc.status >= 500
+        if method == "POST":
+            return isinstance(exc, requests.ConnectionError) and not isinstance(
+                exc, requests.ReadTimeout)
+        return isinstance(exc, requests.ConnectionError | requests.Timeout)
+
+    return retry_if_exception(check)
+
+
+def error_from_response(resp: requests.Response) -> AbiquoError:
+    """Abiquo's ``{"collection": [{"code", "message"}]}``, or what the answer was instead."""
+    code, message = f"{resp.status_code}", (resp.reason or "")
+    try:
+        body = resp.json()
+        errors = body.get("collection") if isinstance(body, dict) else None
+        if errors:
+            code = str(errors[0].get("code", code))
+            message = "; ".join(str(e.get("message", "")) for e in errors)
+    except ValueError:
+        text = resp.text.strip()
+        if text:
+            message = text[:300]
+    return AbiquoError(resp.status_code, code, message, resp.url)
+
+
+class AbiquoClient:
+    """Talks to one Abiquo API. ``url`` is the API root (``https://HOST/api``)."""
+
+    def __init__(
+        self,
+        url: str,
+        user: str,
+        password: str,
+        *,
+        version: str = "2.6",
+        verify_tls: bool | str = True,
+        timeout: float = 30.0,
+        connect_timeout: float = 10.0,
+        retries: int = 4,
+        backoff: float = 0.5,
+        task_timeout: float = 900.0,
+        poll_interval: float = 1.0,
+        page_size: int = 100,
+    ) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"abiquo url must be http(s)://HOST/api, not {url!r}")
+        if parts.username or parts.password:
+            raise ConfigError("abiquo url must not hold credentials: give user and password")
+        self.url = url.rstrip("/")
+        self.user = user
+        self.version = version
+        self.verify_tls = verify_tls
+        self.timeout = (connect_timeout, timeout)
+        self.retries = max(1, retries)
+        self.backoff = backoff
+        self.task_timeout = task_timeout
+        self.poll_interval = poll_interval
+        self.page_size = page_size
+        self._session = requests.Session()
+        self._session.trust_env = False  # no ~/.netrc credentials, no proxy from the environment
+        self._session.auth = _BasicAuth(user, _Secret(password))
+        self._session.verify = verify_tls
+
+    def __repr__(self) -> str:
+        return f"AbiquoClient(url={self.url!r}, user={self.user!r}, version={self.version!r})"
+
+    __str__ = __repr__
+
+    def close(self) -> None:
+        self._session.close()
+
+    def __enter__(self) -> AbiquoClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- requests -------------------------------------------------------------------------------
+
+    def media(self, entity: str) -> str:
+        return f"{MEDIA_PREFIX}{entity}+json; version={self.version}"
+
+    def absolute(self, href: str) -> str:
+        if href.startswith(("http://", "https://")):
+            return href
+        return self.url + "/" + href.lstrip("/")
+
+    def request(self, method: str, href: str, *, accept: str | None = None,
+                content: str | None = None, body: Any = None,
+                params: dict[str, Any] | None = None) -> requests.Response:
+        """One call, with retries; raises :class:`AbiquoError` for any answer >= 400."""
+        url = self.absolute(href)
+        headers = {"Accept": self.media(accept) if accept else "application/json"}
+        if content:
+            headers["Content-Type"] = self.media(content)
+        retrying = Retrying(
+            stop=stop_after_attempt(self.retries),
+            wait=wait_exponential(multiplier=self.backoff, max=30),
+            retry=_retryable(method.upper()),
+            reraise=True,
+            before_sleep=lambda rs: logger.warning(
+                "abiquo: {} {} failed ({}), attempt {} of {}; retrying", method, url,
+                _describe(rs.outcome.exception() if rs.outcome else None),
+                rs.attempt_number, self.retries),
+        )
+        try:
+            for attempt in retrying:
+                with attempt:
+                    return self._send(method, url, headers, body, params)
+        except requests.RequestException as exc:
+            raise AbiquoError(None, "CONNECTION", f"{type(exc).__name__}: {exc}", url) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _send(self, method: str, url: str, headers: dict[str, str], body: Any,
+              params: dict[str, Any] | None) -> requests.Response:
+        t0 = time.monotonic()
+        resp = self._session.request(method, url, headers=headers, json=body, params=params,
+                                     timeout=self.timeout)
+        logger.debug("abiquo: {} {} -> {} ({:.0f} ms)", method, resp.url, resp.status_code,
+                     (time.monotonic() - t0) * 1000)
+        if resp.status_code >= 400:
+            raise error_from_response(resp)
+        return resp
+
+    def get(self, href: str, accept: str, params: dict[str, Any] | None = None) -> Any:
+        resp = self.request("GET", href, accept=accept, params=params)
+        return resp.json() if resp.content else None
+
+    def follow(self, entity: Entity, rel: str, accept: str) -> Any:
+        """GET the target of ``entity``'s link ``rel``."""
+        return self.get(entity.href(rel), accept)
+
+    def collection(self, href: str, accept: str,
+                   params: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+        """Every item of a collection, following ``next`` links page by page."""
+        query: dict[str, Any] | None = {"limit": self.page_size, **(params or {})}
+        seen: set[str] = set()
+        next_href: str | None = href
+        while next_href and next_href not in seen:
+            seen.add(next_href)
+            page = self.get(next_href, accept, query)
+            query = None  # the next link carries its own query
+            yield from page.get("collection") or []
+            nxt = next((x for x in _links(page) if x.rel == "next"), None)
+            next_href = nxt.href if nxt else None
+
+    # -- infrastructure -------------------------------------------------------------------------
+
+    def datacenters(self) -> list[Datacenter]:
+        return [parse(Datacenter, d) for d in self.collection("admin/datacenters", "datacenters")]
+
+    def racks(self, datacenter: Datacenter) -> list[Rack]:
+        return [parse(Rack, r) for r in self.collection(datacenter.href("racks"), "racks")]
+
+    def machines(self, rack: Rack | None = None) -> list[Machine]:
+        """The machines of a rack, or of every rack of every datacenter."""
+        racks = [rack] if rack else [r for dc in self.datacenters() for r in self.racks(dc)]
+        return [parse(Machine, m) for r in racks
+                for m in self.collection(r.href("machines"), "machines")]
+
+    def machine(self, href: str) -> Machine:
+        return parse(Machine, self.get(href, "machine"))
+
+    def set_machine_state(self, machine: Machine, state: str) -> Machine:
+        """``HALTED`` disables a machine (no deploys); ``MANAGED`` enables it again."""
+        current = self.get(machine.url, "machine")
+        current["state"] = state
+        resp = self.request("PUT", machine.href("edit"), accept="machine", content="machine",
+                            body=current)
+        return parse(Machine, resp.json()) if resp.content else self.machine(machine.url)
+
+    def check_machine_state(self, machine: Machine) -> str:
+        return str(self.follow(machine, "checkstate", "machinestate")["state"])
+
+    # -- virtual machines -----------------------------------------------------------------------
+
+    def virtual_machines(self, machine: Machine | None = None) -> list[VirtualMachine]:
+        """Every VM (``/cloud/virtualmachines``), or those deployed on ``machine``."""
+        href = machine.href("virtualmachines") if machine else "cloud/virtualmachines"
+        return [parse(VirtualMachine, v)
+                for v in self.collection(href, "virtualmachineswithnodeextended")]
+
+    def find_vm(self, *, uuid: str | None = None, name: str | None = None) -> VirtualMachine:
+        """The VM with this uuid, or this name (``ABQ_<uuid>``) or label."""
+        if not uuid and not name:
+            raise ValueError("find_vm needs a uuid or a name")
+        for vm in self.virtual_machines():
+            if (uuid and vm.uuid == uuid) or (name and name in (vm.name, vm.label)):
+                return vm
+        wanted = f"uuid {uuid}" if uuid else f"name {name!r}"
+        raise AbiquoError(404, "VM-1", f"no virtual machine with {wanted}", self.url)
+
+    def vm(self, vm: VirtualMachine | str) -> VirtualMachine:
+        """The VM as Abiquo shows it now."""
+        href = vm if isinstance(vm, str) else vm.url
+        return parse(VirtualMachine, self.get(href, "virtualmachine"))
+
+    def vm_machine(self, vm: VirtualMachine) -> Machine | None:
+        """The machine a VM is deployed on (its link rel ``machine``), or None."""
+        link = self.vm(vm).link("machine")
+        return self.machine(link.href) if link else None
+
+    def vm_state(self, vm: VirtualMachine) -> str:
+        return str(self.follow(vm, "state", "virtualmachinestate")["state"])
+
+    def deploy(self, vm: VirtualMachine, *, wait: bool = True,
+               timeout: float | None = None) -> Task:
+        return self._action(vm, "POST", "deploy", "virtualmachinetask",
+                            {"forceEnterpriseSoftLimits": False}, wait, timeout)
+
+    def undeploy(self, vm: VirtualMachine, *, force: bool = False, wait: bool = True,
+                 timeout: float | None = None) -> Task:
+        return self._action(vm, "POST", "undeploy", "virtualmachinetask",
+                            {"forceUndeploy": force}, wait, timeout)
+
+    def set_vm_state(self, vm: VirtualMachine, state: str, *, wait: bool = True,
+                     timeout: float | None = None) -> Task:
+        """Power a VM ``ON``, ``OFF`` or ``PAUSED`` (PUT on its link rel ``state``)."""
+        return self._action(vm, "PUT", "state", "virtualmachinestate", {"state": state},
+                            wait, timeout)
+
+    def power_on(self, vm: VirtualMachine, **kw: Any) -> Task:
+        return self.set_vm_state(vm, "ON", **kw)
+
+    def power_off(self, vm: VirtualMachine, **kw: Any) -> Task:
+        return self.set_vm_state(vm, "OFF", **kw)
+
+    def _action(self, vm: VirtualMachine, method: str, rel: str, content: str, body: Any,
+                wait: bool, timeout: float | None) -> Task:
+        resp = self.request(method, vm.href(rel), accept="acceptedrequest", content=content,
+                            body=body)
+        accepted = resp.json() if resp.content else {}
+        link = next((x for x in _links(accepted) if x.rel in ("status", "task")), None)
+        if link is None:
+            raise AbiquoError(resp.status_code, "TASK-LINK", "the API accepted the request "
+                              "but gave no task link (rel status or task)", resp.url)
+        logger.info("abiquo: {} {} accepted: {}", rel, vm.name, accepted.get("message", ""))
+        if not wait:
+            return Task(links=[link], raw=accepted, state="PENDING")
+        return self.wait_task(link.href, timeout=timeout)
+
+    def task(self, href: str) -> Task:
+        return parse(Task, self.get(href, "task"))
+
+    def wait_task(self, href: str, *, timeout: float | None = None,
+                  check: bool = True) -> Task:
+        """Poll a task until it leaves PENDING/QUEUEING/STARTED, within ``timeout`` seconds.
+        A failed task raises :class:`AbiquoError` (code ``TASK-FAILED``) when ``check``."""
+        limit = self.task_timeout if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        while True:
+            task = self.task(href)
+            if task.state not in TASK_RUNNING:
+                break
+            if time.monotonic() >= deadline:
+                raise AbiquoError(None, "TASK-TIMEOUT", f"task {task.type} {task.taskId} still "
+                                  f"{task.state} after {limit:g} s", href)
+            time.sleep(min(self.poll_interval, max(0.0, deadline - time.monotonic())))
+        if check and task.state in TASK_FAILED:
+            detail = "; ".join(str(j.get("description", "")) for j in task.failed_jobs)
+            raise AbiquoError(None, "TASK-FAILED", f"task {task.type} {task.taskId} "
+                              f"{task.state}" + (f": {detail}" if detail else ""), href)
+        return task
+
+    def wait_vm(self, vm: VirtualMachine, states: set[str] | frozenset[str], *,
+                timeout: float | None = None) -> VirtualMachine:
+        """Re-read a VM until its state is one of ``states`` (e.g. NOT_ALLOCATED after the
+        domain was undefined on its host)."""
+        limit = self.task_timeout if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        while True:
+            now = self.vm(vm)
+            if now.state in states:
+                return now
+            if time.monotonic() >= deadline:
+                raise AbiquoError(None, "VM-TIMEOUT", f"{vm.name} is {now.state}, not "
+                                  f"{'/'.join(sorted(states))}, after {limit:g} s", vm.url)
+            time.sleep(min(self.poll_interval, max(0.0, deadline - time.monotonic())))
+
+    # -- allocation rules -----------------------------------------------------------------------
+
+    def load_level_rules(self) -> list[LoadLevelRule]:
+        return [parse(LoadLevelRule, r)
+                for r in self.collection("admin/rules/machineLoadLevel", "machineloadrules")]
+
+    def create_load_level_rule(self, target: Machine | Rack | Datacenter, *, cpu: int,
+                               ram: int) -> LoadLevelRule:
+        """A rule admitting VMs on ``target`` only while used + required stays within
+        ``cpu``% of its CPUs and ``ram``% of its RAM."""
+        rel = {Machine: "machine", Rack: "rack", Datacenter: "datacenter"}[type(target)]
+        body = {"cpuLoadPercentage": cpu, "ramLoadPercentage": ram,
+                "links": [Link(rel, target.url).to_dict()]}
+        resp = self.request("POST", "admin/rules/machineLoadLevel", accept="machineloadrule",
+                            content="machineloadrule", body=body)
+        return parse(LoadLevelRule, resp.json())
+
+    def delete_load_level_rule(self, rule: LoadLevelRule) -> None:
+        self.request("DELETE", rule.url)
+
+    def fit_policy_rules(self) -> list[FitPolicyRule]:
+        return [parse(FitPolicyRule, r)
+                for r in self.collection("admin/rules/fitsPolicy", "fitpolicyrules")]
+
+    def create_fit_policy_rule(self, policy: str,
+                               datacenter: Datacenter | None = None) -> FitPolicyRule:
+        """``PROGRESSIVE`` or ``PERFORMANCE``, for one datacenter or (None) globally."""
+        body: dict[str, Any] = {"fitPolicy": policy, "links": []}
+        if datacenter is not None:
+            body["links"] = [Link("datacenter", datacenter.url).to_dict()]
+        resp = self.request("POST", "admin/rules/fitsPolicy", accept="fitpolicyrule",
+                            content="fitpolicyrule", body=body)
+        return parse(FitPolicyRule, resp.json())
+
+    def delete_fit_policy_rule(self, rule: FitPolicyRule) -> None:
+        self.request("DELETE", rule.url)
+
+
+def _describe(exc: BaseException | None) -> str:
+    if exc is None:
+        return "?"
+    if isinstance(exc, AbiquoError):
+        return f"HTTP {exc.status} {exc.code}"
+    return type(exc).__name__

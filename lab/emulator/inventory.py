@@ -1,0 +1,250 @@
+"""The emulator's inventory: what Abiquo's database would hold, and its JSON shapes.
+
+One datacenter, one rack, one KVM machine per lab host, one virtual datacenter and appliance,
+the lab's VMs, the allocation rules and the tasks. Everything is guarded by one lock
+(``Inventory.lock``); the HTTP handlers, the task worker and the monitor all take it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid as uuidlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from rehost.lab.lab import LabState
+
+MIB = 1024 * 1024
+DEPLOYED = frozenset({"ON", "OFF", "PAUSED"})
+MEDIA = "application/vnd.abiquo.{}+json"
+
+
+@dataclass
+class Machine:
+    id: int
+    name: str
+    host: str  # the lab host's name
+    ip: str
+    cpu: int
+    ram: int  # MiB
+    state: str = "MANAGED"
+    type: str = "KVM"
+
+
+@dataclass
+class VM:
+    id: int
+    uuid: str
+    label: str
+    cpu: int
+    ram: int  # MiB
+    disks: list[dict[str, Any]]
+    volume: str | None
+    state: str = "NOT_ALLOCATED"
+    machine: int | None = None  # the machine it is deployed on (or being deployed to)
+
+    @property
+    def name(self) -> str:
+        return f"ABQ_{self.uuid}"
+
+    @property
+    def hd_bytes(self) -> int:
+        return sum(int(d["size"]) for d in self.disks)
+
+
+@dataclass
+class LoadRule:
+    id: int
+    cpu: int
+    ram: int
+    rel: str  # datacenter, rack or machine
+    target: int
+
+
+@dataclass
+class FitRule:
+    id: int
+    policy: str
+    datacenter: int | None = None
+
+
+@dataclass
+class Task:
+    id: str
+    vm: int
+    type: str
+    state: str = "PENDING"
+    timestamp: int = field(default_factory=lambda: int(time.time()))
+    jobs: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Inventory:
+    DATACENTER_ID = 1
+    RACK_ID = 1
+    VDC_ID = 1
+    VAPP_ID = 1
+
+    def __init__(self, lab: LabState, base: str = "") -> None:
+        self.lab = lab
+        self.base = base.rstrip("/")
+        self.lock = threading.RLock()
+        self.machines: dict[int, Machine] = {}
+        self.vms: dict[int, VM] = {}
+        self.load_rules: dict[int, LoadRule] = {}
+        self.fit_rules: dict[int, FitRule] = {1: FitRule(1, "PROGRESSIVE")}
+        self.tasks: dict[str, Task] = {}
+        self._next_rule = 2
+        #: bumped whenever a task starts or ends: the monitor ignores what it saw meanwhile
+        self.generation = 0
+        for i, h in enumerate(lab.data["hosts"], start=1):
+            self.machines[i] = Machine(i, h["name"], h["name"], h["address"], int(h["cpus"]),
+                                       int(h["ram_mib"]))
+        for i, v in enumerate(lab.data["vms"], start=1):
+            self.vms[i] = VM(i, v["uuid"], v["name"], int(v["cpu"]), int(v["ram_mib"]),
+                             list(v["disks"]), v.get("volume"))
+
+    # -- lookups and computed values ------------------------------------------------------------
+
+    def machine_by_host(self, host: str) -> Machine:
+        return next(m for m in self.machines.values() if m.host == host)
+
+    def used(self, machine: Machine) -> tuple[int, int]:
+        """CPU and RAM (MiB) of the VMs deployed on (or being deployed to) ``machine``."""
+        on = [v for v in self.vms.values() if v.machine == machine.id]
+        return sum(v.cpu for v in on), sum(v.ram for v in on)
+
+    def fit_policy(self) -> str:
+        """The datacenter's own rule wins over a global one; the newest rule wins a tie."""
+        rules = sorted(self.fit_rules.values(), key=lambda r: (r.datacenter is not None, r.id))
+        return rules[-1].policy if rules else "PROGRESSIVE"
+
+    def rules_for(self, machine: Machine) -> list[LoadRule]:
+        applies = {("datacenter", self.DATACENTER_ID), ("rack", self.RACK_ID),
+                   ("machine", machine.id)}
+        return [r for r in self.load_rules.values() if (r.rel, r.target) in applies]
+
+    def new_rule_id(self) -> int:
+        self._next_rule += 1
+        return self._next_rule - 1
+
+    def new_task(self, vm: VM, kind: str, jobs: list[str]) -> Task:
+        task = Task(str(uuidlib.uuid4()), vm.id, kind)
+        task.jobs = [{"id": f"{task.id}.{i}", "parentTaskId": task.id, "type": j,
+                      "state": "PENDING", "rollbackState": "UNKNOWN", "description": j.lower(),
+                      "timestamp": task.timestamp} for i, j in enumerate(jobs)]
+        self.tasks[task.id] = task
+        self.generation += 1
+        return task
+
+    # -- addresses ------------------------------------------------------------------------------
+
+    def href(self, path: str) -> str:
+        return f"{self.base}/{path.lstrip('/')}"
+
+    def dc_path(self) -> str:
+        return f"admin/datacenters/{self.DATACENTER_ID}"
+
+    def rack_path(self) -> str:
+        return f"{self.dc_path()}/racks/{self.RACK_ID}"
+
+    def machine_path(self, m: Machine) -> str:
+        return f"{self.rack_path()}/machines/{m.id}"
+
+    def vapp_path(self) -> str:
+        return f"cloud/virtualdatacenters/{self.VDC_ID}/virtualappliances/{self.VAPP_ID}"
+
+    def vm_path(self, vm: VM) -> str:
+        return f"{self.vapp_path()}/virtualmachines/{vm.id}"
+
+    def task_path(self, task: Task) -> str:
+        return f"{self.vm_path(self.vms[task.vm])}/tasks/{task.id}"
+
+    def link(self, rel: str, path: str, entity: str = "", title: str = "") -> dict[str, str]:
+        return {"rel": rel, "href": self.href(path),
+                "type": MEDIA.format(entity) if entity else "", "title": title}
+
+    # -- JSON shapes (ABIQUO-API.md) ------------------------------------------------------------
+
+    def datacenter_json(self) -> dict[str, Any]:
+        p = self.dc_path()
+        return {"id": self.DATACENTER_ID, "name": "rehost-lab", "location": "lab",
+                "links": [self.link("edit", p, "datacenter"),
+                          self.link("racks", f"{p}/racks", "racks")]}
+
+    def rack_json(self) -> dict[str, Any]:
+        p = self.rack_path()
+        return {"id": self.RACK_ID, "name": "rack-1", "shortDescription": "", "haEnabled": False,
+                "vlanIdMin": 2, "vlanIdMax": 4094, "nrsq": 10,
+                "links": [self.link("edit", p, "rack"),
+                          self.link("datacenter", self.dc_path(), "datacenter"),
+                          self.link("machines", f"{p}/machines", "machines")]}
+
+    def machine_json(self, m: Machine) -> dict[str, Any]:
+        cpu_used, ram_used = self.used(m)
+        p = self.machine_path(m)
+        h = self.lab.host(m.host)
+        return {
+            "id": m.id, "name": m.name, "description": f"lab host {m.host}", "state": m.state,
+            "virtualSwitch": "abiquo", "port": 8889, "ip": m.ip, "ipService": m.ip,
+            "type": m.type, "user": None, "password": None,
+            "datastores": {"collection": [{"id": m.id, "name": "datastore",
+                                           "rootPath": h["datastore"], "directory": "",
+                                           "enabled": True}]},
+            "ipmiIP": None, "ipmiPort": None, "ipmiUser": None, "ipmiPassword": None,
+            "initiatorIQN": None, "cpu": m.cpu, "cpuUsed": cpu_used, "ram": m.ram,
+            "ramUsed": ram_used,
+            "links": [self.link("edit", p, "machine"),
+                      self.link("rack", self.rack_path(), "rack"),
+                      self.link("datacenter", self.dc_path(), "datacenter"),
+                      self.link("checkstate", f"{p}/action/checkstate", "machinestate"),
+                      self.link("virtualmachines", f"{p}/virtualmachines",
+                                "virtualmachineswithnodeextended")],
+        }
+
+    def vm_json(self, vm: VM) -> dict[str, Any]:
+        p = self.vm_path(vm)
+        links = [self.link("edit", p, "virtualmachine"),
+                 self.link("virtualappliance", self.vapp_path(), "virtualappliance"),
+                 self.link("virtualdatacenter", f"cloud/virtualdatacenters/{self.VDC_ID}",
+                           "virtualdatacenter"),
+                 self.link("state", f"{p}/state", "virtualmachinestate"),
+                 self.link("deploy", f"{p}/action/deploy", "acceptedrequest"),
+                 self.link("undeploy", f"{p}/action/undeploy", "acceptedrequest"),
+                 self.link("tasks", f"{p}/tasks", "tasks")]
+        if vm.machine is not None and vm.state != "NOT_ALLOCATED":
+            m = self.machines[vm.machine]
+            links.append(self.link("machine", self.machine_path(m), "machine", m.type))
+        return {
+            "id": vm.id, "name": vm.name, "label": vm.label, "description": vm.label,
+            "ram": vm.ram, "cpu": vm.cpu, "hdInBytes": vm.hd_bytes, "vdrpPort": 0,
+            "vdrpIP": None, "idState": 0, "state": vm.state, "highDisponibility": 0,
+            "idType": 1, "password": None, "uuid": vm.uuid, "runlist": [], "links": links,
+        }
+
+    def task_json(self, task: Task) -> dict[str, Any]:
+        return {"taskId": task.id, "ownerId": str(task.vm), "userId": "1", "type": task.type,
+                "timestamp": task.timestamp, "state": task.state,
+                "jobs": {"collection": [dict(j) for j in task.jobs]},
+                "links": [self.link("self", self.task_path(task), "task"),
+                          self.link("parent", self.vm_path(self.vms[task.vm]),
+                                    "virtualmachine")]}
+
+    def accepted_json(self, task: Task, what: str) -> dict[str, Any]:
+        return {"message": f"You {what} request has been accepted",
+                "links": [self.link("status", self.task_path(task), "task")]}
+
+    def load_rule_json(self, r: LoadRule) -> dict[str, Any]:
+        target = {"datacenter": self.dc_path(), "rack": self.rack_path()}.get(r.rel)
+        if r.rel == "machine":
+            target = self.machine_path(self.machines[r.target])
+        return {"id": r.id, "cpuLoadPercentage": r.cpu, "ramLoadPercentage": r.ram,
+                "links": [self.link("edit", f"admin/rules/machineLoadLevel/{r.id}",
+                                    "machineloadrule"),
+                          self.link(r.rel, str(target), r.rel)]}
+
+    def fit_rule_json(self, r: FitRule) -> dict[str, Any]:
+        links = [self.link("edit", f"admin/rules/fitsPolicy/{r.id}", "fitpolicyrule")]
+        if r.datacenter is not None:
+            links.append(self.link("datacenter", self.dc_path(), "datacenter"))
+        return {"id": r.id, "fitPolicy": r.policy, "links": links}
