@@ -133,6 +133,238 @@ def plugins_cmd(config_path: str | None, as_json: bool) -> None:
             click.echo(f"  {r.name:<14} {r.description}  [{r.plugin}]")
 
 
+# -- campaign ----------------------------------------------------------------------------------
+
+config_option = click.option(
+    "-c", "--config", "config_path", required=True, type=click.Path(dir_okay=False),
+    help="The site config (TOML). `rehost lab up` writes one for the rehearsal lab.")
+vm_option = click.option(
+    "--vm", "vms", multiple=True, metavar="NAME",
+    help="Only this VM (domain name ABQ_<uuid>, uuid, or Abiquo name); repeatable.")
+
+
+def _campaign(config_path: str, *, dry_run: bool = False, parallel: int | None = None,
+              delete_backups: bool = False, progress: bool = True) -> Any:
+    from rehost.core.campaign import Campaign
+    from rehost.core.config import load_config
+
+    cfg = load_config(config_path)
+    if parallel is not None:
+        if parallel < 1:
+            from rehost.core.errors import ConfigError
+
+            raise ConfigError("--parallel must be 1 or more")
+        cfg.campaign.parallel = parallel
+    if delete_backups:
+        cfg.campaign.delete_backups = True
+    extra: list[tuple[object, str]] = []
+    if progress:
+        from rehost.core.progress import ProgressDisplay
+
+        extra.append((ProgressDisplay(), "progress"))
+    return Campaign(cfg, dry_run=dry_run, extra_plugins=extra)
+
+
+def _print_findings(findings: list[Any]) -> None:
+    for f in findings:
+        colour = {"critical": "red", "warning": "yellow"}.get(f.severity, "")
+        where = f" ({f.vm or f.host})" if (f.vm or f.host) else ""
+        click.secho(f"  {f.severity:<8} [{f.code}] {f.message}{where}", fg=colour or None)
+
+
+@main.command("plan")
+@config_option
+@vm_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@handle_errors
+def plan_cmd(config_path: str, vms: tuple[str, ...], as_json: bool) -> None:
+    """What would move where, and the preflight findings. Changes nothing."""
+    from rehost.core.pipeline import make_plan
+
+    ctx = _campaign(config_path, dry_run=True, progress=False)
+    try:
+        plan = make_plan(ctx, list(vms) or None)
+    finally:
+        ctx.close()
+    if as_json:
+        emit_json(plan.to_dict())
+    else:
+        click.echo(f"storage strategy: {plan.storage}   allocation strategy: {plan.allocation}")
+        click.echo(f"targets: {', '.join(plan.targets) or '(none)'}")
+        click.echo(f"{len(plan.vms)} VM(s) to move:")
+        for v in plan.vms:
+            files = [d for d in v.disks if d.is_file]
+            click.echo(f"  {v.label or v.name:<16} {v.name}  on {v.source_host or '?'}  "
+                       f"({len(files)} file disk(s), {len(v.disks) - len(files)} other)")
+        click.echo("preflight:" if plan.findings else "preflight: no findings")
+        _print_findings(plan.findings)
+    if plan.critical:
+        sys.exit(1)
+
+
+def _run(ctx: Any, vms: tuple[str, ...]) -> None:
+    from rehost.core.pipeline import PreflightFailed, run_campaign
+
+    try:
+        outcome = run_campaign(ctx, list(vms) or None)
+    except PreflightFailed as exc:
+        click.secho("preflight found critical problems; nothing was changed:", fg="red",
+                    err=True)
+        _print_findings(exc.findings)
+        sys.exit(exc.exit_code)
+    finally:
+        paths = ctx.journal.get("report_paths") or []
+        ctx.close()
+    if ctx.dry_run:
+        click.echo("dry run: these VMs would move (nothing was changed):")
+        for name in outcome:
+            click.echo(f"  {name}")
+        return
+    failed = [n for n, o in outcome.items() if o != "done"]
+    click.echo(f"{len(outcome) - len(failed)} of {len(outcome)} VM(s) moved"
+               + (f"; FAILED: {', '.join(failed)}" if failed else ""))
+    for p in paths:
+        click.echo(f"report: {p}")
+    if failed:
+        sys.exit(1)
+
+
+@main.command("run")
+@config_option
+@vm_option
+@click.option("--parallel", type=int, help="VMs moved at once (default: campaign.parallel).")
+@click.option("--dry-run", is_flag=True, help="Preflight and plan only; change nothing.")
+@click.option("--delete-backups", is_flag=True,
+              help="Delete X_BACK on the source datastore once a VM is verified.")
+@handle_errors
+def run_cmd(config_path: str, vms: tuple[str, ...], parallel: int | None, dry_run: bool,
+            delete_backups: bool) -> None:
+    """Run the campaign: preflight, fence, every VM's protocol, unfence, report.
+
+    Exit code 0 when every VM moved, 1 when a VM failed (it stops at a safe point; the report
+    says what was done to keep it safe), 2 for bad usage or configuration."""
+    _run(_campaign(config_path, dry_run=dry_run, parallel=parallel,
+                   delete_backups=delete_backups), vms)
+
+
+@main.command("resume")
+@config_option
+@handle_errors
+def resume_cmd(config_path: str) -> None:
+    """Continue an interrupted campaign where its journal says it stopped (finished stages
+    are skipped; a stage that started and did not finish runs again: each is safe twice)."""
+    ctx = _campaign(config_path)
+    if not ctx.journal.vm_rows():
+        ctx.close()
+        from rehost.core.errors import ConfigError
+
+        raise ConfigError(f"nothing to resume: no campaign journal in {ctx.state_dir}")
+    names = tuple(r["name"] for r in ctx.journal.vm_rows())
+    _run(ctx, names)
+
+
+@main.command("status")
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@handle_errors
+def status_cmd(config_path: str, as_json: bool) -> None:
+    """Each VM's stage and state, from the campaign journal."""
+    from rehost.core.config import load_config
+    from rehost.core.journal import Journal
+
+    cfg = load_config(config_path)
+    if not (cfg.state_dir / "journal.sqlite").exists():
+        if as_json:
+            emit_json({"campaign": cfg.campaign.name, "vms": []})
+        else:
+            click.echo(f"no campaign has run yet (state directory {cfg.state_dir})")
+        return
+    journal = Journal(cfg.state_dir)
+    rows = journal.vm_rows()
+    journal.close()
+    data = [{"name": r["name"], "uuid": r["uuid"], "label": r["vm"].get("label"),
+             "status": r["status"], "stage": r["stage"], "error": r["error"],
+             "source_host": r["vm"].get("source_host"),
+             "target_host": r["vm"].get("target_host")} for r in rows]
+    if as_json:
+        emit_json({"campaign": cfg.campaign.name, "vms": data})
+        return
+    for d in data:
+        click.echo(f"{d['label'] or d['name']:<16} {d['status']:<8} {d['stage'] or '-':<17} "
+                   f"{d['source_host'] or '?'} -> {d['target_host'] or '?'}"
+                   + (f"  {d['error']}" if d["error"] else ""))
+
+
+@main.command("report")
+@config_option
+@click.option("--format", "formats", multiple=True, type=click.Choice(["html", "md", "json"]),
+              help="Report format (repeatable; default: the site config's formats).")
+@click.option("-o", "--output", type=click.Path(file_okay=False),
+              help="Directory to write into (default: campaign.report_dir).")
+@handle_errors
+def report_cmd(config_path: str, formats: tuple[str, ...], output: str | None) -> None:
+    """Write the campaign's report from its journal."""
+    ctx = _campaign(config_path, progress=False)
+    try:
+        outdir = Path(output) if output else ctx.config.report_dir
+        outdir.mkdir(parents=True, exist_ok=True)
+        paths = ctx.hooks.report(ctx, str(outdir), list(formats or ctx.config.report.formats))
+    finally:
+        ctx.close()
+    for p in paths:
+        click.echo(p)
+
+
+@main.command("demo")
+@click.option("--keep-lab", is_flag=True, help="Leave the lab up afterwards.")
+@click.option("-d", "--description", type=click.Path(dir_okay=False),
+              help="Lab description (default: two CentOS 5 hosts, one CentOS 6 host).")
+@click.option("--storage", help="Storage strategy to use (default: from the lab).")
+@click.option("--allocation", help="Allocation strategy to use (default: loadlevel).")
+@handle_errors
+def demo_cmd(keep_lab: bool, description: str | None, storage: str | None,
+             allocation: str | None) -> None:
+    """Run a whole campaign in the built-in rehearsal lab and write its report.
+
+    Brings the lab up (real libvirtd + sshd hosts in namespaces, an Abiquo-compatible API),
+    moves every VM off its CentOS 5 hosts, prints where the report is, and takes the lab down
+    (unless --keep-lab)."""
+    from rehost.lab import lab
+    from rehost.lab.siteconfig import write_site_config
+
+    click.echo("bringing the rehearsal lab up ...")
+    st = lab.up(description)
+    ok = False
+    try:
+        kwargs = {k: v for k, v in (("storage", storage), ("allocation", allocation)) if v}
+        if kwargs:
+            write_site_config(st, **kwargs)
+        click.echo(f"lab up in {st.data.get('up_seconds')} s; site config {st.site_config}")
+        ctx = _campaign(str(st.site_config))
+        try:
+            _run(ctx, ())
+            ok = True
+        except SystemExit as exc:
+            ok = exc.code in (0, None)
+            raise
+    finally:
+        if keep_lab:
+            click.echo(f"the lab stays up: `rehost lab status`, `rehost lab down`; "
+                       f"site config {st.site_config}")
+        else:
+            reports = Path(st.data["root"]) / "reports"
+            keep = Path("/var/tmp/rehost-demo-report")
+            if reports.exists():
+                import shutil
+
+                shutil.rmtree(keep, ignore_errors=True)
+                shutil.copytree(reports, keep)
+                click.echo(f"report kept in {keep} (the lab is taken down)")
+            lab.down(quiet=True)
+        if not ok:
+            click.echo("demo: a VM failed (see the report)", err=True)
+
+
 # -- lab ---------------------------------------------------------------------------------------
 
 

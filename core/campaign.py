@@ -1,0 +1,153 @@
+"""The campaign: what every hook receives as ``ctx``.
+
+It holds the site config, the plugin manager and its typed hook facade, the journal, the chosen
+strategies, and cached ways to reach hosts (a :class:`~rehost.core.remote.Shell` and a
+:class:`~rehost.core.hypervisor.Hypervisor` per host) and the control plane.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from loguru import logger
+
+from rehost.core.config import SiteConfig
+from rehost.core.errors import ConfigError
+from rehost.core.journal import Journal
+from rehost.core.model import VM, Host, HostFacts
+from rehost.core.plugins import PluginManager, build_plugin_manager
+from rehost.core.remote import Shell
+
+if TYPE_CHECKING:
+    from rehost.core.abiquo import AbiquoClient
+    from rehost.core.hypervisor import Hypervisor
+
+
+class Campaign:
+    """One migration campaign (one site config, one state directory)."""
+
+    def __init__(
+        self,
+        config: SiteConfig,
+        manager: PluginManager | None = None,
+        *,
+        dry_run: bool = False,
+        extra_plugins: list[tuple[object, str]] | None = None,
+    ) -> None:
+        self.config = config
+        self.manager = manager or build_plugin_manager(
+            block=config.plugins.block, plugin_files=config.plugins.files,
+            extra=extra_plugins or [],
+        )
+        self.hooks = self.manager.hooks
+        self.dry_run = dry_run
+        self.journal = Journal(config.state_dir)
+        self.log = logger.bind(campaign=config.campaign.name)
+        self.vms: list[VM] = []
+        self.fenced: dict[str, Any] | None = None
+        self._lock = threading.RLock()
+        self._shells: dict[str, Shell] = {}
+        self._hypervisors: dict[tuple[str, int], Hypervisor] = {}
+        self._facts: dict[str, HostFacts] = {}
+        self._abiquo: AbiquoClient | None = None
+        self._strategies: dict[str, Any] = {}
+        # choosing a strategy that does not exist is a configuration error: say so now
+        self.manager.strategy("storage", config.storage.strategy)
+        self.manager.strategy("allocation", config.allocation.strategy)
+
+    # -- strategies ---------------------------------------------------------------------------
+
+    def strategy(self, kind: str) -> Any:
+        """The configured strategy object of a kind (``storage``, ``allocation``)."""
+        with self._lock:
+            if kind not in self._strategies:
+                cfg = {"storage": self.config.storage,
+                       "allocation": self.config.allocation}[kind]
+                record = self.manager.strategy(kind, cfg.strategy)
+                self._strategies[kind] = record.factory(dict(cfg.options))
+            return self._strategies[kind]
+
+    @property
+    def storage(self) -> Any:
+        return self.strategy("storage")
+
+    @property
+    def allocation(self) -> Any:
+        return self.strategy("allocation")
+
+    # -- hosts --------------------------------------------------------------------------------
+
+    def host(self, name: str) -> Host:
+        try:
+            return self.config.hosts[name]
+        except KeyError:
+            raise ConfigError(f"host {name!r} is not in the site config "
+                              f"(known: {', '.join(sorted(self.config.hosts))})") from None
+
+    def host_by_address(self, address: str) -> Host | None:
+        for h in self.config.hosts.values():
+            if h.address == address or h.name == address:
+                return h
+        return None
+
+    def shell(self, host: str) -> Shell:
+        with self._lock:
+            if host not in self._shells:
+                h = self.host(host)
+                self._shells[host] = Shell(h.address, user=h.ssh_user, port=h.ssh_port,
+                                           ssh=self.config.ssh, name=h.name)
+            return self._shells[host]
+
+    def hypervisor(self, host: str) -> Hypervisor:
+        """A libvirt connection to a host, one per host and thread."""
+        from rehost.core.hypervisor import Hypervisor
+
+        key = (host, threading.get_ident())
+        with self._lock:
+            if key not in self._hypervisors:
+                h = self.host(host)
+                self._hypervisors[key] = Hypervisor(h.libvirt_uri(), name=h.name)
+            return self._hypervisors[key]
+
+    def facts(self, host: str, refresh: bool = False) -> HostFacts:
+        with self._lock:
+            if refresh or host not in self._facts:
+                h = self.host(host)
+                self._facts[host] = self.hypervisor(host).facts(self.shell(host), h.datastore)
+            return self._facts[host]
+
+    # -- control plane ------------------------------------------------------------------------
+
+    @property
+    def abiquo(self) -> AbiquoClient:
+        from rehost.core.abiquo import AbiquoClient
+
+        with self._lock:
+            if self._abiquo is None:
+                a = self.config.abiquo
+                if a is None:
+                    raise ConfigError("this campaign needs an [abiquo] section in the site "
+                                      "config")
+                self._abiquo = AbiquoClient(a.url, a.user, a.password(), version=a.version,
+                                            verify_tls=a.verify_tls, timeout=a.timeout)
+            return self._abiquo
+
+    # -- files --------------------------------------------------------------------------------
+
+    @property
+    def state_dir(self) -> Path:
+        return self.config.state_dir
+
+    def vm_dir(self, vm: VM) -> Path:
+        d = self.state_dir / "vms" / vm.name
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def close(self) -> None:
+        with self._lock:
+            for hv in self._hypervisors.values():
+                hv.close()
+            self._hypervisors.clear()
+        self.journal.close()

@@ -1,0 +1,246 @@
+"""The engine: the campaign stages and the per-VM protocol, in order, as hook events.
+
+The core knows the stages and their order and nothing about any one strategy: each stage is a
+hook (``rehost_vm_<stage>``) that a plugin performs. Every stage is journaled before and after
+it runs; a stage the journal shows finished is skipped on resume, and every stage is written to
+be safe to run twice. A VM whose stage fails stops there (a safe point: no later, destructive
+stage runs) with the reason and what was done recorded; the other VMs go on.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from rehost.core.campaign import Campaign
+from rehost.core.errors import PluginError, RehostError
+from rehost.core.model import VM, VM_STAGES, Finding
+
+
+class PreflightFailed(RehostError):
+    """Critical preflight findings: nothing was changed (exit code 1)."""
+
+    exit_code = 1
+
+    def __init__(self, findings: list[Finding]) -> None:
+        self.findings = findings
+        lines = [f"  - [{f.code}] {f.message}" for f in findings if f.severity == "critical"]
+        super().__init__("preflight found critical problems; nothing was changed:\n"
+                         + "\n".join(lines))
+
+
+@dataclass
+class Plan:
+    """What a run would do: the VMs, where they are, and the preflight findings."""
+
+    vms: list[VM]
+    findings: list[Finding]
+    storage: str
+    allocation: str
+    targets: list[str] = field(default_factory=list)
+
+    @property
+    def critical(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "critical"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "vms": [{"name": v.name, "uuid": v.uuid, "label": v.label,
+                     "source_host": v.source_host, "disks": [d.to_dict() for d in v.disks]}
+                    for v in self.vms],
+            "findings": [f.to_dict() for f in self.findings],
+            "storage": self.storage,
+            "allocation": self.allocation,
+            "targets": self.targets,
+            "ok": not self.critical,
+        }
+
+
+#: What is true of a VM's data once a stage has finished: told to the operator when a VM stops.
+SAFE_POINTS: dict[str, str] = {
+    "locate": "nothing was changed; the VM runs on its source host",
+    "backup_xml": "nothing was changed; its domain XML is saved in the state directory",
+    "notify": "nothing was changed; its users were told the downtime starts",
+    "power_off": "the VM is powered off on its source host, its disks untouched",
+    "undefine": "the domain is undefined on the source host (XML saved); disks untouched",
+    "await_undeployed": "Abiquo shows the VM undeployed; its disks are untouched on the source",
+    "preserve_disks": "the user's disks are kept as X_BACK on the source datastore",
+    "deploy": "the VM is deployed on a target host with template disks; the user's disks are "
+              "X_BACK on the source datastore",
+    "power_off_new": "the new VM is off; the user's disks are X_BACK on the source datastore",
+    "transfer": "the user's disks are X_BACK on the source and on the target datastore",
+    "remove_new_disks": "template disks removed; the user's disks are X_BACK on the source and "
+                        "target datastores",
+    "swap_disks": "the user's disks are in place on the target host (X_BACK still on source)",
+    "start": "the VM runs on the target host with the user's disks",
+    "verify": "verified on the target host; X_BACK kept on the source datastore",
+    "cleanup": "done",
+}
+
+
+def safe_point(done: list[str]) -> str:
+    last = done[-1] if done else None
+    return SAFE_POINTS.get(last, "nothing was changed") if last else "nothing was changed"
+
+
+# -- the campaign ------------------------------------------------------------------------------
+
+
+def select_vms(ctx: Campaign) -> list[VM]:
+    vms = ctx.hooks.select_vms(ctx)
+    if vms is None:
+        raise PluginError("no plugin selects the VMs of the campaign (rehost_select_vms)")
+    return vms
+
+
+def make_plan(ctx: Campaign, only: list[str] | None = None) -> Plan:
+    """Select the VMs and run the preflight (read-only)."""
+    vms = select_vms(ctx)
+    if only:
+        wanted = set(only)
+        unknown = wanted - {n for v in vms for n in (v.name, v.uuid, v.label)}
+        if unknown:
+            from rehost.core.errors import ConfigError
+
+            raise ConfigError(f"--vm {sorted(unknown)[0]!r} is not a VM of this campaign "
+                              f"(known: {', '.join(v.label or v.name for v in vms)})")
+        vms = [v for v in vms if wanted & {v.name, v.uuid, v.label}]
+    ctx.vms = vms
+    findings = ctx.hooks.preflight(ctx)
+    return Plan(vms, findings, ctx.config.storage.strategy, ctx.config.allocation.strategy,
+                [h.name for h in ctx.config.targets()])
+
+
+def _campaign_stage(ctx: Campaign, stage: str, fn: Callable[[], Any]) -> Any:
+    ctx.journal.record(None, stage, "start")
+    ctx.hooks.stage_start(stage, None, ctx)
+    try:
+        result = fn()
+    except BaseException as exc:
+        ctx.journal.record(None, stage, "error", {"error": str(exc)})
+        ctx.hooks.stage_error(stage, None, ctx, exc)
+        raise
+    ctx.journal.record(None, stage, "finish", result)
+    ctx.hooks.stage_finish(stage, None, ctx, result)
+    return result
+
+
+def run_campaign(ctx: Campaign, only: list[str] | None = None) -> dict[str, str]:
+    """Preflight, fence, every VM's protocol, unfence, report. Returns each VM's outcome
+    (``done``, ``failed``); resumes where the journal says an earlier run stopped."""
+    ctx.hooks.configure(ctx)
+    try:
+        plan = _campaign_stage(ctx, "preflight", lambda: _preflight(ctx, only))
+        if ctx.dry_run:
+            return {v.name: "planned" for v in plan.vms}
+        for i, vm in enumerate(plan.vms):
+            ctx.journal.add_vm(vm, i)
+        fenced = ctx.journal.get("fenced")
+        if fenced is None or ctx.journal.get("unfenced"):
+            fenced = _campaign_stage(ctx, "fence", lambda: ctx.hooks.fence(ctx) or {})
+            ctx.journal.set("fenced", fenced)
+            ctx.journal.set("unfenced", None)
+        ctx.fenced = fenced
+        outcome: dict[str, str] = {}
+        try:
+            ctx.hooks.campaign_start(ctx, plan.vms)
+            outcome = _run_vms(ctx, plan.vms)
+        finally:
+            _campaign_stage(ctx, "unfence", lambda: ctx.hooks.unfence(ctx, fenced) or {})
+            ctx.journal.set("unfenced", True)
+            ctx.hooks.campaign_finish(ctx, outcome)
+            write_report(ctx)
+        return outcome
+    finally:
+        ctx.hooks.unconfigure(ctx)
+
+
+def _preflight(ctx: Campaign, only: list[str] | None) -> Plan:
+    plan = make_plan(ctx, only)
+    ctx.journal.set("plan", plan.to_dict())
+    if plan.critical:
+        raise PreflightFailed(plan.findings)
+    return plan
+
+
+def write_report(ctx: Campaign) -> list[str]:
+    outdir = ctx.config.report_dir
+    outdir.mkdir(parents=True, exist_ok=True)
+    paths: list[str] = _campaign_stage(
+        ctx, "report",
+        lambda: ctx.hooks.report(ctx, str(outdir), list(ctx.config.report.formats)),
+    )
+    ctx.journal.set("report_paths", paths)
+    return paths
+
+
+def _run_vms(ctx: Campaign, vms: list[VM]) -> dict[str, str]:
+    outcome: dict[str, str] = {}
+    if ctx.config.campaign.parallel <= 1 or len(vms) <= 1:
+        for vm in vms:
+            outcome[vm.name] = run_vm(ctx, vm)
+        return outcome
+    with ThreadPoolExecutor(max_workers=ctx.config.campaign.parallel,
+                            thread_name_prefix="vm") as pool:
+        futures = {vm.name: pool.submit(run_vm, ctx, vm) for vm in vms}
+        for name, fut in futures.items():
+            outcome[name] = fut.result()
+    return outcome
+
+
+# -- one VM ------------------------------------------------------------------------------------
+
+
+def run_vm(ctx: Campaign, vm: VM) -> str:
+    """Run the per-VM protocol; returns ``done`` or ``failed``. Never raises for a stage
+    failure: the error is journaled, observers are told, and the VM stops at a safe point."""
+    saved = ctx.journal.load_vm(vm.name)
+    if saved is not None:
+        vm.__dict__.update(saved.__dict__)
+    finished = ctx.journal.finished_stages(vm.name)
+    done: list[str] = []
+    for stage in VM_STAGES:
+        if stage in finished:
+            done.append(stage)
+            continue
+        try:
+            _run_vm_stage(ctx, vm, stage)
+        except Exception as exc:
+            note = safe_point(done)
+            ctx.journal.record(vm, stage, "error", {
+                "error": str(exc), "type": type(exc).__name__, "safe_point": note,
+                "done": done, "traceback": traceback.format_exc(limit=6),
+            })
+            ctx.journal.set_status(vm.name, "failed", f"{stage}: {exc}")
+            ctx.hooks.stage_error(stage, vm, ctx, exc)
+            ctx.log.error("{}: stage {} failed: {} — {}", vm.label or vm.name, stage, exc, note)
+            try:
+                ctx.hooks.notify(vm, ctx, "failed")
+            except Exception as nexc:  # a broken notifier must not hide the real failure
+                ctx.log.error("{}: notify failed: {}", vm.name, nexc)
+            return "failed"
+        done.append(stage)
+    ctx.journal.set_status(vm.name, "done")
+    return "done"
+
+
+def _run_vm_stage(ctx: Campaign, vm: VM, stage: str) -> Any:
+    ctx.journal.record(vm, stage, "start")
+    ctx.hooks.stage_start(stage, vm, ctx)
+    if stage == "notify":
+        ctx.hooks.notify(vm, ctx, "downtime_start")
+        result: Any = {"event": "downtime_start"}
+    else:
+        result = ctx.hooks.vm_stage(stage, vm, ctx)
+        if result is None:
+            raise PluginError(f"no plugin performs stage {stage!r} (rehost_vm_{stage}); "
+                              "is a built-in plugin blocked?")
+    vm.facts[stage] = result
+    ctx.journal.record(vm, stage, "finish", result)
+    ctx.hooks.stage_finish(stage, vm, ctx, result)
+    if stage == "start":
+        ctx.hooks.notify(vm, ctx, "downtime_end")
+    return result

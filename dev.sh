@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# rehost's set-up and checks, for a fresh Debian 12 (or 13) machine, as root.
+#   ./dev.sh demo    install everything, then run a whole campaign in the rehearsal lab
+#   ./dev.sh test    install everything, then run the whole test suite (lint, types, tests)
+#   ./dev.sh setup   install everything (apt packages, the venv with rehost in it)
+#   ./dev.sh lint    ruff and mypy only
+# Safe to run twice: it installs only what is missing.
+set -euo pipefail
+cd "$(dirname "$(readlink -f "$0")")"
+
+APT_PACKAGES=(
+  python3 python3-venv python3-dev gcc pkg-config libvirt-dev
+  libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils
+  openssh-server openssh-client rsync iproute2 util-linux mount procps coreutils openssl
+  chromium
+)
+VENV=.venv
+
+need_root() {
+  if [ "$(id -u)" != 0 ]; then
+    echo "dev.sh: run me as root (the rehearsal lab needs namespaces and libvirtd)" >&2
+    exit 2
+  fi
+}
+
+apt_setup() {
+  local missing=()
+  for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" \
+      || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "dev.sh: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+}
+
+venv_setup() {
+  local py=python3
+  if [ ! -x "$VENV/bin/python" ]; then
+    "$py" -m venv "$VENV"
+  fi
+  "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+  "$VENV/bin/python" -m pip install -q -e '.[dev]' 2>&1 | grep -v '^WARNING: Location' || true
+  "$VENV/bin/python" -c 'import rehost.core.cli, libvirt, pluggy' \
+    || { echo "dev.sh: the venv is broken" >&2; exit 1; }
+}
+
+setup() {
+  need_root
+  apt_setup
+  venv_setup
+}
+
+lint() {
+  "$VENV/bin/ruff" check .
+  "$VENV/bin/mypy"
+}
+
+case "${1:-}" in
+  setup) setup ;;
+  demo) setup; shift; exec "$VENV/bin/rehost" demo "$@" ;;
+  test)
+    setup
+    shift
+    lint
+    # the lab test instance: keep clear of a lab someone keeps up by hand (instance 0)
+    export REHOST_LAB_INSTANCE="${REHOST_LAB_INSTANCE:-7}"
+    exec "$VENV/bin/pytest" "$@"
+    ;;
+  lint) lint ;;
+  *) sed -n '2,8p' "$0"; exit 2 ;;
+esac

@@ -1,0 +1,153 @@
+"""The preflight checks that need no control plane: hosts reachable over ssh and libvirt,
+CentOS versions per role and per the compatibility table, datastore space on the targets, and
+whether the datastore is shared."""
+
+from __future__ import annotations
+
+import secrets
+from typing import TYPE_CHECKING
+
+from rehost.core.errors import RehostError
+from rehost.core.model import Finding, HostFacts
+from rehost.hooks import hookimpl
+
+if TYPE_CHECKING:
+    from rehost.core.campaign import Campaign
+
+#: Abiquo version -> (CentOS versions a target host may run, the AIM version it needs).
+COMPATIBILITY: dict[str, tuple[tuple[str, ...], str]] = {
+    "2.4": (("6.3",), "1.5.3"),
+    "2.6": (("6.3", "6.4"), "2.1.4"),
+}
+
+
+def check_compatibility(abiquo: str, target: HostFacts, aim: str | None) -> list[Finding]:
+    out: list[Finding] = []
+    allowed, aim_needed = COMPATIBILITY[abiquo]
+    version = target.centos_version or ""
+    minor = ".".join(version.split(".")[:2])
+    if target.centos_major != 6 or minor not in allowed:
+        note = " (6.4 needs Abiquo 2.6: move to 6.3 now, or upgrade first)" \
+            if abiquo == "2.4" and minor == "6.4" else ""
+        out.append(Finding("critical", "compatibility",
+                           f"Abiquo {abiquo} supports CentOS {' or '.join(allowed)}.x on the "
+                           f"new hosts, this one runs {target.os_release}{note}",
+                           host=target.hostname))
+    if aim is None:
+        out.append(Finding("info", "aim-version",
+                           f"Abiquo {abiquo} needs AIM {aim_needed} on the CentOS 6 hosts "
+                           "(set abiquo.aim_version to have it checked)"))
+    elif aim != aim_needed:
+        out.append(Finding("critical", "aim-version",
+                           f"Abiquo {abiquo} needs AIM {aim_needed}, the config says {aim}"))
+    return out
+
+
+@hookimpl
+def rehost_preflight(ctx: Campaign) -> list[Finding]:
+    findings: list[Finding] = []
+    facts: dict[str, HostFacts] = {}
+    for host in ctx.config.hosts.values():
+        try:
+            ctx.shell(host.name).run(["true"], timeout=30)
+        except RehostError as exc:
+            findings.append(Finding("critical", "ssh", f"not reachable over ssh: {exc}",
+                                    host=host.name))
+            continue
+        try:
+            facts[host.name] = ctx.facts(host.name, refresh=True)
+        except RehostError as exc:
+            findings.append(Finding("critical", "libvirt", f"not reachable with libvirt: {exc}",
+                                    host=host.name))
+    sources = [h for h in ctx.config.sources() if h.name in facts]
+    targets = [h for h in ctx.config.targets() if h.name in facts]
+    for h in sources:
+        if facts[h.name].centos_major != 5:
+            findings.append(Finding("warning", "source-os",
+                                    f"source host runs {facts[h.name].os_release}, not CentOS 5",
+                                    host=h.name))
+    if not any(facts[h.name].centos_major == 5 for h in sources):
+        findings.append(Finding("critical", "no-source", "no source host runs CentOS 5"))
+    good_targets = [h for h in targets if facts[h.name].centos_major == 6]
+    if not good_targets:
+        findings.append(Finding("critical", "no-target", "no target host runs CentOS 6"))
+    for h in targets:
+        if facts[h.name].centos_major != 6:
+            findings.append(Finding("critical", "target-os",
+                                    f"target host runs {facts[h.name].os_release}, not CentOS 6",
+                                    host=h.name))
+    if ctx.config.abiquo is not None:
+        for h in good_targets:
+            findings.extend(check_compatibility(ctx.config.abiquo.version, facts[h.name],
+                                                ctx.config.abiquo.aim_version))
+    findings.extend(_space(ctx, [h.name for h in good_targets], facts))
+    findings.extend(_shared(ctx, [h.name for h in sources], [h.name for h in good_targets]))
+    return findings
+
+
+def _space(ctx: Campaign, targets: list[str], facts: dict[str, HostFacts]) -> list[Finding]:
+    if not targets:
+        return []
+    needed = 0
+    biggest = 0
+    out: list[Finding] = []
+    for vm in ctx.vms:
+        if not vm.disks and vm.source_host:
+            try:
+                vm.disks = ctx.hypervisor(vm.source_host).disks(vm.name)
+            except RehostError as exc:
+                out.append(Finding("critical", "disks", f"cannot list disks: {exc}",
+                                   vm=vm.label or vm.name))
+                continue
+        size = 0
+        for d in vm.file_disks():
+            try:
+                size += ctx.storage.space_needed(ctx, vm, d)
+            except RehostError as exc:
+                out.append(Finding("critical", "disk", f"{d.source}: {exc}",
+                                   vm=vm.label or vm.name))
+        needed += size
+        biggest = max(biggest, size)
+    free = {t: facts[t].datastore_free_bytes or 0 for t in targets}
+    if needed > sum(free.values()):
+        out.append(Finding("critical", "space",
+                           f"the disks need {needed >> 20} MiB on the target datastores, "
+                           f"{sum(free.values()) >> 20} MiB are free"))
+    elif biggest > max(free.values()):
+        out.append(Finding("warning", "space",
+                           f"the largest VM needs {biggest >> 20} MiB; no single target has "
+                           "that much free"))
+    else:
+        out.append(Finding("info", "space",
+                           f"{needed >> 20} MiB needed on the targets, "
+                           f"{sum(free.values()) >> 20} MiB free"))
+    return out
+
+
+def _shared(ctx: Campaign, sources: list[str], targets: list[str]) -> list[Finding]:
+    """Write a marker on a source datastore and look for it from the targets."""
+    if not sources or not targets:
+        return []
+    src = ctx.host(sources[0])
+    marker = f"{src.datastore}/.rehost-shared-{secrets.token_hex(6)}"
+    try:
+        ctx.shell(src.name).write_text(marker, "rehost shared-datastore probe\n")
+    except RehostError as exc:
+        return [Finding("warning", "shared-probe", f"cannot write to {src.datastore}: {exc}",
+                        host=src.name)]
+    try:
+        seen = [t for t in targets if ctx.shell(t).exists(marker)]
+    finally:
+        ctx.shell(src.name).remove(marker)
+    shared = len(seen) == len(targets)
+    strategy = ctx.config.storage.strategy
+    if strategy == "shared" and not shared:
+        return [Finding("critical", "not-shared",
+                        f"storage strategy is shared, but {', '.join(set(targets) - set(seen))} "
+                        f"do not see {src.name}'s datastore")]
+    if shared and strategy != "shared":
+        return [Finding("info", "shared",
+                        "the datastore is shared by source and target hosts: the `shared` "
+                        "strategy would move disks without copying")]
+    return [Finding("info", "shared" if shared else "not-shared",
+                    "datastore is shared" if shared else "datastores are separate")]

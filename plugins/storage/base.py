@@ -1,0 +1,228 @@
+"""What every datastore strategy shares: preserve, remove the template disks, swap, verify,
+clean up. A strategy only says how ``X_BACK`` gets to the target datastore (``transfer``).
+
+Destructive steps check their precondition first:
+
+* ``preserve_disks`` only once the domain is gone from the source host;
+* ``remove_new_disks`` only on a target (CentOS 6) host where the redeployed domain is off, and
+  never on a file that is the user's backup;
+* ``swap_disks`` never overwrites a file;
+* ``cleanup`` deletes ``X_BACK`` only after ``verify`` passed, and only when asked.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from rehost.core.errors import PreconditionError
+from rehost.core.model import VM, Disk, Finding
+
+if TYPE_CHECKING:
+    from rehost.core.campaign import Campaign
+
+BACK_SUFFIX = "_BACK"
+
+
+def backup_path(disk: Disk) -> str:
+    assert disk.source
+    return disk.source + BACK_SUFFIX
+
+
+class DatastoreStrategy:
+    """Base of the built-in storage strategies. Options: ``checksum`` (md5, sha1, sha256;
+    default sha1) and ``verify`` (``checksum`` or ``size``)."""
+
+    name = "base"
+    fills_holes = True  # the copy writes the whole virtual size on the target
+
+    def __init__(self, options: dict[str, Any] | None = None) -> None:
+        options = dict(options or {})
+        self.checksum = str(options.pop("checksum", "sha1"))
+        if self.checksum not in ("md5", "sha1", "sha256"):
+            from rehost.core.errors import ConfigError
+
+            raise ConfigError(f"storage.options.checksum: choose md5, sha1 or sha256, "
+                              f"not {self.checksum!r}")
+        self.verify_mode = str(options.pop("verify", "checksum"))
+        if self.verify_mode not in ("checksum", "size"):
+            from rehost.core.errors import ConfigError
+
+            raise ConfigError(f"storage.options.verify: choose checksum or size, "
+                              f"not {self.verify_mode!r}")
+        self.options = options
+        self._check_options()
+
+    def _check_options(self) -> None:
+        if self.options:
+            from rehost.core.errors import ConfigError
+
+            key = sorted(self.options)[0]
+            raise ConfigError(f"unknown key storage.options.{key} for strategy {self.name!r}")
+
+    # -- preflight ----------------------------------------------------------------------------
+
+    def preflight(self, ctx: Campaign) -> list[Finding]:
+        return []
+
+    def space_needed(self, ctx: Campaign, vm: VM, disk: Disk) -> int:
+        """Full size when the copy fills holes, allocated size when it keeps them."""
+        st = ctx.shell(_source(vm)).stat(disk.source or "")
+        return st.size if self.fills_holes else st.allocated
+
+    # -- stages -------------------------------------------------------------------------------
+
+    def preserve_disks(self, vm: VM, ctx: Campaign) -> dict[str, Any]:
+        src = _source(vm)
+        if ctx.hypervisor(src).exists(vm.name):
+            raise PreconditionError(
+                f"{vm.name} is still defined on {src}: will not rename its disks")
+        sh = ctx.shell(src)
+        out = []
+        for disk in vm.file_disks():
+            back = backup_path(disk)
+            sh.rename(disk.source or "", back)
+            st = sh.stat(back)
+            entry: dict[str, Any] = {"path": disk.source, "backup": back, "size": st.size,
+                                     "allocated": st.allocated, "target": disk.target,
+                                     "format": disk.format}
+            if self.verify_mode == "checksum":
+                entry["checksum"] = sh.checksum(back, self.checksum)
+                entry["algorithm"] = self.checksum
+            out.append(entry)
+        kept = [d.source for d in vm.disks if not d.is_file and d.source]
+        return {"disks": out, "untouched": kept}
+
+    def transfer(self, vm: VM, ctx: Campaign) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def remove_new_disks(self, vm: VM, ctx: Campaign) -> dict[str, Any]:
+        tgt = _target(vm, ctx)
+        hv = ctx.hypervisor(tgt)
+        if not hv.exists(vm.name):
+            raise PreconditionError(f"{vm.name} is not defined on target {tgt}: the disks "
+                                    "there are not the new VM's; nothing removed")
+        if hv.state(vm.name) == "running":
+            raise PreconditionError(f"{vm.name} is running on {tgt}: power it off first")
+        sh = ctx.shell(tgt)
+        removed, owner = [], None
+        for disk in vm.file_disks():
+            path = disk.source or ""
+            back = backup_path(disk)
+            if not sh.exists(back):
+                raise PreconditionError(f"{back} is not on {tgt}: the user's disk has not "
+                                        "arrived; the template disk stays")
+            if sh.exists(path):
+                st = sh.stat(path)
+                owner = owner or f"{st.uid}:{st.gid}"
+                sh.remove(path)
+                removed.append({"path": path, "size": st.size, "allocated": st.allocated})
+        previous = (vm.facts.get("remove_new_disks") or {}).get("owner")
+        return {"removed": removed, "owner": owner or previous}
+
+    def swap_disks(self, vm: VM, ctx: Campaign) -> dict[str, Any]:
+        tgt = _target(vm, ctx)
+        sh = ctx.shell(tgt)
+        owner = (vm.facts.get("remove_new_disks") or {}).get("owner")
+        swapped = []
+        for disk in vm.file_disks():
+            path = disk.source or ""
+            sh.rename(backup_path(disk), path)
+            if owner:
+                sh.chown(path, owner)
+            st = sh.stat(path)
+            swapped.append({"path": path, "owner": f"{st.owner}:{st.group}", "size": st.size})
+        return {"disks": swapped}
+
+    def verify(self, vm: VM, ctx: Campaign) -> dict[str, Any]:
+        tgt = _target(vm, ctx)
+        state = ctx.hypervisor(tgt).state(vm.name)
+        if state != "running":
+            raise PreconditionError(f"{vm.name} is {state} on {tgt}, not running")
+        sh = ctx.shell(tgt)
+        preserved = {d["path"]: d for d in (vm.facts.get("preserve_disks") or {}).get("disks",
+                                                                                       [])}
+        checked = []
+        for disk in vm.file_disks():
+            path = disk.source or ""
+            before = preserved.get(path)
+            if before is None:
+                raise PreconditionError(f"no record of {path} before the move: cannot verify")
+            st = sh.stat(path)
+            if st.size != before["size"]:
+                raise PreconditionError(f"{path} on {tgt} is {st.size} bytes, the user's disk "
+                                        f"was {before['size']}")
+            entry: dict[str, Any] = {"path": path, "size": st.size, "allocated": st.allocated}
+            if "checksum" in before:
+                got = sh.checksum(path, before["algorithm"])
+                if got != before["checksum"]:
+                    raise PreconditionError(
+                        f"{path} on {tgt} has {before['algorithm']} {got}, the user's disk "
+                        f"had {before['checksum']}")
+                entry["checksum"] = got
+                entry["algorithm"] = before["algorithm"]
+            checked.append(entry)
+        return {"ok": True, "host": tgt, "state": state, "disks": checked,
+                "method": self.verify_mode}
+
+    def cleanup(self, vm: VM, ctx: Campaign) -> dict[str, Any]:
+        if not (vm.facts.get("verify") or {}).get("ok"):
+            raise PreconditionError(f"{vm.name} is not verified: its backups stay")
+        src = _source(vm)
+        sh = ctx.shell(src)
+        backups = [backup_path(d) for d in vm.file_disks()]
+        present = [b for b in backups if sh.exists(b)]
+        if not ctx.config.campaign.delete_backups:
+            return {"deleted": [], "pending": present, "host": src}
+        for b in present:
+            sh.remove(b)
+        return {"deleted": present, "pending": [], "host": src}
+
+    # -- helpers for strategies ---------------------------------------------------------------
+
+    def copy_result(self, vm: VM, copied: list[dict[str, Any]], started: float) -> dict[str, Any]:
+        seconds = max(time.monotonic() - started, 1e-6)
+        total = sum(int(c.get("bytes", 0)) for c in copied)
+        return {"disks": copied, "bytes": total, "seconds": round(seconds, 3),
+                "rate_mib_s": round(total / seconds / 2**20, 1), "strategy": self.name}
+
+    def check_arrived(self, vm: VM, ctx: Campaign, host: str, disk: Disk) -> dict[str, Any]:
+        """The copy of ``X_BACK`` on ``host`` has the user's size (and checksum)."""
+        back = backup_path(disk)
+        before = {d["path"]: d for d in (vm.facts.get("preserve_disks") or {}).get("disks", [])}
+        rec = before.get(disk.source or "")
+        if rec is None:
+            raise PreconditionError(f"{disk.source} was not preserved: nothing to transfer")
+        sh = ctx.shell(host)
+        st = sh.stat(back)
+        if st.size != rec["size"]:
+            raise PreconditionError(f"{back} on {host} is {st.size} bytes, expected "
+                                    f"{rec['size']}")
+        out: dict[str, Any] = {"path": back, "size": st.size, "allocated": st.allocated}
+        if "checksum" in rec:
+            got = sh.checksum(back, rec["algorithm"])
+            if got != rec["checksum"]:
+                raise PreconditionError(f"{back} on {host}: {rec['algorithm']} {got} differs "
+                                        f"from the source's {rec['checksum']}")
+            out["checksum"] = got
+        return out
+
+
+def _source(vm: VM) -> str:
+    if not vm.source_host:
+        raise PreconditionError(f"{vm.name}: its source host is not known (locate first)")
+    return vm.source_host
+
+
+def _target(vm: VM, ctx: Campaign) -> str:
+    """The VM's target host, after checking it is a target (CentOS 6) host."""
+    if not vm.target_host:
+        raise PreconditionError(f"{vm.name}: not deployed on a target host yet")
+    host = ctx.host(vm.target_host)
+    if host.role != "target":
+        raise PreconditionError(f"{vm.name} is on {host.name}, which is not a target host")
+    facts = ctx.facts(host.name)
+    if facts.centos_major is not None and facts.centos_major < 6:
+        raise PreconditionError(f"{vm.name} is on {host.name}, which runs "
+                                f"{facts.os_release}: will not touch its disks")
+    return host.name

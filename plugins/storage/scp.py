@@ -1,0 +1,77 @@
+"""``scp``: copy ``X_BACK`` from the source host to the target host with scp, host to host.
+
+The data never passes through the machine running rehost: rehost runs ``scp`` *on the source
+host*, which needs ssh access to the target (keys and known_hosts set up by the operator, as
+for the manual procedure). scp writes the whole virtual size: a thin disk arrives thick
+(preflight counts full sizes).
+
+scp's remote path goes through the target's shell (legacy protocol) or not (SFTP protocol,
+OpenSSH 9); no quoting is right for both, so this strategy refuses paths with characters a
+shell would interpret, instead of guessing. Abiquo's datastore paths never have them.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import TYPE_CHECKING, Any
+
+from rehost.core.errors import PreconditionError
+from rehost.core.model import VM, StrategyRecord
+from rehost.hooks import hookimpl
+from rehost.plugins.storage.base import DatastoreStrategy, _source, _target, backup_path
+
+if TYPE_CHECKING:
+    from rehost.core.campaign import Campaign
+
+SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/+@%=:,-]*$")
+
+
+class ScpCopy(DatastoreStrategy):
+    name = "scp"
+    fills_holes = True
+
+    def __init__(self, options: dict[str, Any] | None = None) -> None:
+        options = dict(options or {})
+        self.timeout = float(options.pop("timeout", 6 * 3600))
+        self.cipher = options.pop("cipher", None)
+        super().__init__(options)
+
+    def transfer(self, vm: VM, ctx: Campaign) -> dict[str, Any]:
+        src, tgt = _source(vm), _target(vm, ctx)
+        target = ctx.host(tgt)
+        sh = ctx.shell(src)
+        started = time.monotonic()
+        copied = []
+        for disk in vm.file_disks():
+            back = backup_path(disk)
+            if not SAFE_PATH.match(back) or "/-" in back:
+                raise PreconditionError(f"scp cannot carry {back!r} safely (characters a shell "
+                                        "would interpret); nothing was copied")
+            if ctx.shell(tgt).exists(back):
+                try:
+                    done = self.check_arrived(vm, ctx, tgt, disk)
+                except PreconditionError:
+                    ctx.shell(tgt).remove(back)  # a partial copy of an earlier run
+                else:
+                    done.update(bytes=0, skipped="already on the target")
+                    copied.append(done)
+                    continue
+            t0 = time.monotonic()
+            argv = ["scp", "-p", "-q", "-B"]
+            if self.cipher:
+                argv += ["-c", str(self.cipher)]
+            argv += [back, f"{target.ssh_user}@{target.address}:{back}"]
+            sh.run(argv, timeout=self.timeout)
+            arrived = self.check_arrived(vm, ctx, tgt, disk)
+            arrived["bytes"] = arrived["size"]
+            arrived["seconds"] = round(time.monotonic() - t0, 3)
+            copied.append(arrived)
+        return self.copy_result(vm, copied, started)
+
+
+@hookimpl(trylast=True)
+def rehost_storage_strategies() -> list[StrategyRecord]:
+    return [StrategyRecord("storage", "scp",
+                           "copy X_BACK source host -> target host with scp (fills holes)",
+                           ScpCopy)]

@@ -1,0 +1,27 @@
+"""The Markdown report (pastes into a ticket), from the journal through jinja2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rehost.hooks import hookimpl
+from rehost.reports.model import build_report
+from rehost.reports.render import render, write
+
+if TYPE_CHECKING:
+    from rehost.core.campaign import Campaign
+
+
+def campaign_report(ctx: Campaign) -> dict[str, object]:
+    return build_report(ctx.journal, campaign=ctx.config.campaign.name,
+                        storage=ctx.config.storage.strategy,
+                        allocation=ctx.config.allocation.strategy)
+
+
+@hookimpl
+def rehost_report(ctx: Campaign, outdir: str, formats: list[str]) -> list[str]:
+    if "md" not in formats:
+        return []
+    text = render("report.md.j2", campaign_report(ctx), ctx.config.report.template_dir)
+    return [write(Path(outdir) / "report.md", text)]

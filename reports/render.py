@@ -1,0 +1,58 @@
+"""Rendering reports with jinja2: the templates under reports/templates, or a site's own
+(``report.template_dir`` in the site config, looked up first)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+
+def filesize(n: Any) -> str:
+    if n is None:
+        return "-"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(size) < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"
+
+
+def seconds(n: Any) -> str:
+    if n is None:
+        return "-"
+    s = float(n)
+    if s < 60:
+        return f"{s:.1f} s"
+    m, s = divmod(round(s), 60)
+    if m < 60:
+        return f"{m} min {s:02d} s"
+    h, m = divmod(m, 60)
+    return f"{h} h {m:02d} min"
+
+
+def environment(template_dir: str | None = None) -> jinja2.Environment:
+    loaders: list[jinja2.BaseLoader] = []
+    if template_dir:
+        loaders.append(jinja2.FileSystemLoader(template_dir))
+    loaders.append(jinja2.PackageLoader("rehost.reports", "templates"))
+    env = jinja2.Environment(loader=jinja2.ChoiceLoader(loaders), autoescape=jinja2.select_autoescape(["html", "html.j2"]),
+                             trim_blocks=False, lstrip_blocks=False,
+                             undefined=jinja2.StrictUndefined)
+    env.filters["filesize"] = filesize
+    env.filters["seconds"] = seconds
+    return env
+
+
+def render(name: str, report: dict[str, Any], template_dir: str | None = None) -> str:
+    return environment(template_dir).get_template(name).render(r=report)
+
+
+def write(path: Path, text: str) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return str(path)
