@@ -81,7 +81,7 @@ def test_agrees_with_virsh_domblklist(xml_file: Path) -> None:
     ours = by_target(parse_disks(xml_file.read_text()))
     theirs = virsh_domblklist(xml_file)
     assert theirs, "virsh listed no disks"
-    assert sorted(ours) == sorted(row["target"] for row in theirs)
+    assert sorted(ours) == sorted(str(row["target"]) for row in theirs)
     for row in theirs:
         disk = ours[str(row["target"])]
         assert (disk.type, disk.device, disk.target, disk.source) == (
