@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import requests
 from loguru import logger
@@ -294,9 +294,9 @@ class AbiquoClient:
         return f"{MEDIA_PREFIX}{entity}+json; version={self.version}"
 
     def absolute(self, href: str) -> str:
-        if href.startswith(("http://", "https://")):
-            return href
-        return self.url + "/" + href.lstrip("/")
+        """A link's href as a full URL: absolute as given, ``/api/...`` on the API's host,
+        anything else under the API root."""
+        return urljoin(self.url + "/", href)
 
     def request(self, method: str, href: str, *, accept: str | None = None,
                 content: str | None = None, body: Any = None,

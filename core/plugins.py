@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import pluggy
 
-from rehost.hooks import ENTRY_POINT_GROUP, PROJECT, specs
 from rehost.core.errors import ConfigError, PluginError
 from rehost.core.model import StrategyRecord
+from rehost.hooks import ENTRY_POINT_GROUP, PROJECT, specs
 
 if TYPE_CHECKING:
     from rehost.core.campaign import Campaign

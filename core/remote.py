@@ -9,7 +9,9 @@ The file primitives use only tools a CentOS 5 host has (coreutils 5.97, openssl 
 
 from __future__ import annotations
 
+import posixpath
 import shlex
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -42,13 +44,20 @@ class FileStat:
 
 @dataclass(frozen=True)
 class SshOptions:
-    """How to reach hosts over ssh. ``config`` is an ssh_config file (``ssh -F``)."""
+    """How to reach hosts over ssh. ``config`` is an ssh_config file (``ssh -F``).
+
+    ``control_dir`` (a short path: sockets have a length limit) makes the commands to one host
+    share one ssh connection (``ControlMaster``), which is kept ``control_persist`` seconds
+    after the last command; :meth:`Shell.close` ends it at once.
+    """
 
     config: str | None = None
     key: str | None = None
     known_hosts: str | None = None
     strict_host_keys: bool = True
     connect_timeout: int = 10
+    control_dir: str | None = None
+    control_persist: int = 60
 
     def argv(self) -> list[str]:
         args: list[str] = []
@@ -60,6 +69,9 @@ class SshOptions:
             args += ["-o", f"UserKnownHostsFile={self.known_hosts}"]
         args += ["-o", "StrictHostKeyChecking=" + ("yes" if self.strict_host_keys else "no")]
         args += ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={self.connect_timeout}"]
+        if self.control_dir:
+            args += ["-o", "ControlMaster=auto", "-o", f"ControlPath={self.control_dir}/%C",
+                     "-o", f"ControlPersist={self.control_persist}"]
         return args
 
 
@@ -98,6 +110,13 @@ class Shell:
             raise ValueError("a local shell has no ssh command")
         return ["ssh", *self.ssh.argv(), "-p", str(self.port), "-T", f"{self.user}@{self.address}"]
 
+    def close(self) -> None:
+        """End the shared ssh connection, if there is one (nothing to do otherwise)."""
+        if self.is_local or not self.ssh.control_dir:
+            return
+        sh.Command("ssh")(*self.ssh_argv()[1:], "-O", "exit", _ok_code=list(range(256)),
+                          _return_cmd=True, _timeout=30)
+
     def command_argv(self, argv: Sequence[str]) -> list[str]:
         """The local argument list that runs ``argv`` on this host."""
         if self.is_local:
@@ -125,6 +144,7 @@ class Shell:
         # coreutils `timeout` bounds the local process (ssh, or the command itself); it is
         # cheaper than sh's own _timeout, which polls.
         bounded = ["timeout", "--kill-after=5", f"{limit:g}", *full]
+        started = time.monotonic()
         try:
             proc = sh.Command(bounded[0])(
                 *bounded[1:],
@@ -143,8 +163,11 @@ class Shell:
             _text(proc.stdout),
             _text(proc.stderr),
         )
-        if result.exit_code in (124, 137) and "timeout" not in argv[0]:
-            raise RemoteError(self.name, argv, f"timed out after {limit:g} s")
+        # `timeout` says 124 (or 137 after KILL); a command that exits 124 by itself, early,
+        # is not a timeout
+        if result.exit_code in (124, 137) and time.monotonic() - started >= limit:
+            raise RemoteError(self.name, argv, f"timed out after {limit:g} s", result.exit_code,
+                              result.stdout, result.stderr)
         if result.exit_code == 127 and self.is_local and "timeout:" in result.stderr:
             raise RemoteError(self.name, argv, f"cannot run {argv[0]!r}: not found")
         if not self.is_local and result.exit_code == 255:
@@ -177,41 +200,60 @@ class Shell:
         removed only once the new one exists. Running it again after a crash between the two
         steps finishes the job. (coreutils 5.97 has no ``mv -n``.)
         """
+        if posixpath.normpath(src) == posixpath.normpath(dst):
+            raise RemoteError(self.name, ["mv", src, dst], "refused: source and target are the "
+                              "same path")
         if not self.exists(src):
             if self.exists(dst):
                 return  # done before
             raise RemoteError(self.name, ["mv", src, dst], f"failed: {src!r} does not exist")
         if self.exists(dst):
-            if self._same_file(src, dst):
+            links = self._same_file(src, dst)
+            if links >= 2:
+                # a rename interrupted between `ln` and `rm`: both names are the same file
                 self.remove(src)
                 return
+            if links == 1:
+                # one directory entry reached by two spellings (symlinked folders): removing
+                # "the old name" would remove the only one
+                raise RemoteError(self.name, ["mv", src, dst], "refused: source and target "
+                                  "are the same directory entry")
             raise RemoteError(
                 self.name, ["mv", src, dst], f"refused: {dst!r} exists and would be overwritten"
             )
         self.run(["ln", "--", src, dst])
         self.run(["rm", "-f", "--", src])
 
-    def _same_file(self, a: str, b: str) -> bool:
-        out = self.run(["stat", "-c", "%d:%i", "--", a, b]).stdout.split()
-        return len(out) == 2 and out[0] == out[1]
+    def _same_file(self, a: str, b: str) -> int:
+        """The link count of ``a`` when ``a`` and ``b`` are one file (0 when they are not)."""
+        out = self.run(["stat", "-c", "%d:%i %h", "--", a, b]).stdout.split()
+        if len(out) == 4 and out[0] == out[2]:
+            return int(out[1])
+        return 0
 
     def remove(self, path: str) -> None:
         self.run(["rm", "-f", "--", path])
 
     def free_space(self, path: str) -> int:
         """Bytes available to root's files on the filesystem holding ``path``."""
-        out = self.run(["df", "-P", "-k", "--", path]).stdout.strip().splitlines()
-        fields = out[-1].split()
+        out = self.run(["df", "-P", "-k", "--", path]).stdout.splitlines()
+        # line 1, not the last: a mount point may hold a newline
+        fields = out[1].split() if len(out) > 1 else []
+        if len(fields) < 4 or not fields[3].isdigit():
+            raise RemoteError(self.name, ["df", "-P", "-k", "--", path],
+                              f"gave an answer rehost cannot read: {out!r}")
         return int(fields[3]) * 1024
 
-    def checksum(self, path: str, algorithm: str = "sha1") -> str:
+    def checksum(self, path: str, algorithm: str = "sha1", *, timeout: float = 3600) -> str:
         """Hex digest of a file: ``md5``/``sha1`` with coreutils, ``sha256`` with openssl
         (CentOS 5 has no sha256sum)."""
         if algorithm in ("md5", "sha1"):
-            out = self.run([f"{algorithm}sum", "--", path], timeout=3600).stdout
+            out = self.run([f"{algorithm}sum", "--", path], timeout=timeout).stdout
             return out.split()[0].lstrip("\\")
         if algorithm == "sha256":
-            out = self.run(["openssl", "dgst", "-sha256", path], timeout=3600).stdout.strip()
+            # openssl 0.9.8 takes no `--`: keep a leading "-" from reading as an option
+            out = self.run(["openssl", "dgst", "-sha256", _operand(path)],
+                           timeout=timeout).stdout.strip()
             return out.rsplit("= ", 1)[-1].strip()
         raise ValueError(f"unknown checksum algorithm {algorithm!r}: choose md5, sha1 or sha256")
 
@@ -224,6 +266,11 @@ class Shell:
     def write_text(self, path: str, text: str) -> None:
         # the path is the shell's $1: data, not code
         self.run(["sh", "-c", 'cat > "$1"', "sh", path], input=text)
+
+
+def _operand(path: str) -> str:
+    """``path`` spelled so that a tool without ``--`` cannot take it for an option."""
+    return f"./{path}" if path.startswith("-") else path
 
 
 def _text(data: str | bytes | None) -> str:

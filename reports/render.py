@@ -38,9 +38,11 @@ def environment(template_dir: str | None = None) -> jinja2.Environment:
     if template_dir:
         loaders.append(jinja2.FileSystemLoader(template_dir))
     loaders.append(jinja2.PackageLoader("rehost.reports", "templates"))
-    env = jinja2.Environment(loader=jinja2.ChoiceLoader(loaders), autoescape=jinja2.select_autoescape(["html", "html.j2"]),
-                             trim_blocks=False, lstrip_blocks=False,
-                             undefined=jinja2.StrictUndefined)
+    env = jinja2.Environment(
+        loader=jinja2.ChoiceLoader(loaders),
+        autoescape=jinja2.select_autoescape(["html", "html.j2"]),
+        undefined=jinja2.StrictUndefined,
+    )
     env.filters["filesize"] = filesize
     env.filters["seconds"] = seconds
     return env
