@@ -44,6 +44,8 @@ venv_setup() {
   fi
   "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
   "$VENV/bin/python" -m pip install -q -e '.[dev]' 2>&1 | grep -v '^WARNING: Location' || true
+  # the example site plugin is installed like a site would install its own (tests use it)
+  "$VENV/bin/python" -m pip install -q -e examples/site-plugin 2>&1 | grep -v "^WARNING: Location" || true
   "$VENV/bin/python" -c 'import rehost.core.cli, libvirt, pluggy' \
     || { echo "dev.sh: the venv is broken" >&2; exit 1; }
 }

@@ -1,0 +1,253 @@
+"""Whole campaigns in the rehearsal lab, through the real command line.
+
+What a user would notice afterwards: every VM ON in Abiquo on a CentOS 6 machine, its domain
+running on that host, every file disk there holding the user's bytes (not the template), the
+shared volume untouched and attached again, and the allocation rules as they were before.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rehost.core.model import VM_STAGES
+from rehost.lab.lab import LabState
+from tests.campaign_helpers import (
+    RECORDER,
+    abiquo,
+    add_to_site_config,
+    events,
+    journal_results,
+    rehost,
+    rules_snapshot,
+    shell,
+)
+
+pytestmark = [pytest.mark.lab, pytest.mark.slow]
+
+SHARED_LAB = """
+[lab]
+name = "shared"
+shared_datastore = true
+
+[[hosts]]
+name = "c5-a"
+os = "centos-5.11"
+
+[[hosts]]
+name = "c6-a"
+os = "centos-6.4"
+
+[[vms]]
+name = "twodisks"
+host = "c5-a"
+disks = [{ size_mib = 64, format = "qcow2", data_mib = 3 },
+         { size_mib = 32, format = "raw", data_mib = 2 }]
+
+[[vms]]
+name = "withvolume"
+host = "c5-a"
+volume = true
+disks = [{ size_mib = 32, format = "raw", data_mib = 2 }]
+"""
+
+SMALL_LAB = """
+[lab]
+name = "small"
+
+[[hosts]]
+name = "c5-a"
+os = "centos-5.11"
+
+[[hosts]]
+name = "c6-a"
+os = "centos-6.4"
+
+[[vms]]
+name = "good"
+host = "c5-a"
+disks = [{ size_mib = 128, format = "raw", data_mib = 4 }]
+
+[[vms]]
+name = "bad"
+host = "c5-a"
+disks = [{ size_mib = 32, format = "raw", data_mib = 2 }]
+"""
+
+
+def assert_moved(st: LabState) -> None:
+    """Every lab VM runs on a CentOS 6 host with the user's own disks."""
+    targets = {h["name"] for h in st.data["hosts"] if h["os"].startswith("centos-6")}
+    with abiquo(st) as client:
+        for v in st.data["vms"]:
+            avm = client.find_vm(uuid=v["uuid"])
+            assert avm.state == "ON", f"{v['name']} is {avm.state} in Abiquo"
+            machine = client.vm_machine(avm)
+            assert machine is not None
+            host = next(h for h in st.data["hosts"] if h["address"] == machine.ip)
+            assert host["name"] in targets, f"{v['name']} is on {host['name']}"
+            sh = shell(st, host["name"])
+            assert "CentOS release 6" in sh.read_text("/etc/redhat-release")
+            state = sh.run(["virsh", "-c", "qemu:///system", "domstate", v["domain"]])
+            assert state.stdout.strip() == "running"
+            for disk in v["disks"]:
+                assert sh.checksum(disk["path"], "sha1") == disk["sha1"], \
+                    f"{disk['path']} of {v['name']} is not the user's disk"
+                assert not sh.exists(disk["path"] + "_BACK")
+            if v["volume"]:
+                xml = sh.run(["virsh", "-c", "qemu:///system", "dumpxml", v["domain"]]).stdout
+                assert v["volume"] in xml, "the shared volume is not attached again"
+
+
+def assert_volume_untouched(st: LabState) -> None:
+    from rehost.lab.lab import sha1_file
+
+    vol = st.data.get("volume")
+    if vol:
+        assert sha1_file(Path(vol["file"])) == vol["sha1"]
+
+
+def test_scp_campaign_moves_every_vm_and_restores_the_rules(
+        make_lab, tmp_path: Path) -> None:
+    from importlib import resources
+
+    st = make_lab(resources.files("rehost.lab").joinpath("default.toml").read_text())
+    recorder = tmp_path / "recorder.py"
+    recorder.write_text(RECORDER)
+    log = tmp_path / "events.jsonl"
+    add_to_site_config(st, f'[plugins]\nfiles = ["{recorder}"]')
+    before = rules_snapshot(st)
+
+    plan = rehost("plan", "-c", str(st.site_config))
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    assert "4 VM(s) to move" in plan.stdout
+
+    res = rehost("run", "-c", str(st.site_config), "--parallel", "2",
+                 env={"REHOST_TEST_EVENTS": str(log)})
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "4 of 4 VM(s) moved" in res.stdout
+
+    assert_moved(st)
+    assert_volume_untouched(st)
+    assert rules_snapshot(st) == before
+
+    # the source datastores keep the user's disks as _BACK until `rehost confirm`
+    for v in st.data["vms"]:
+        src = shell(st, v["host"])
+        for disk in v["disks"]:
+            assert src.checksum(disk["path"] + "_BACK", "sha1") == disk["sha1"]
+            assert not src.exists(disk["path"])
+
+    # every stage of every VM, in order, as hook events (the golden order, end to end)
+    evs = events(log)
+    for v in st.data["vms"]:
+        mine = [(e["hook"], e["stage"]) for e in evs
+                if e.get("vm") == v["domain"] and e["hook"].startswith("stage_")]
+        expected = [(h, s) for s in VM_STAGES for h in ("stage_start", "stage_finish")]
+        assert mine == expected
+    campaign = [(e["hook"], e["stage"]) for e in evs
+                if e["hook"].startswith("stage_") and e["vm"] is None]
+    assert campaign == [(h, s) for s in ("preflight", "fence", "unfence", "report")
+                        for h in ("stage_start", "stage_finish")]
+
+    report = Path(st.root / "reports" / "report.md").read_text()
+    for v in st.data["vms"]:
+        assert v["name"] in report and v["uuid"] in report
+    assert "c5-a: no VM left to move" in report
+
+    status = rehost("status", "-c", str(st.site_config), "--json")
+    import json
+
+    rows = json.loads(status.stdout)["vms"]
+    assert {r["status"] for r in rows} == {"done"}
+    assert {r["target_host"] for r in rows} == {"c6-a"}
+
+
+def test_shared_datastore_with_performance_moves_without_copying(make_lab) -> None:
+    st = make_lab(SHARED_LAB)
+    from rehost.lab.siteconfig import write_site_config
+
+    write_site_config(st, allocation="performance")
+    assert 'strategy = "shared"' in st.site_config.read_text()
+    before = rules_snapshot(st)
+
+    res = rehost("run", "-c", str(st.site_config))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert_moved(st)
+    assert_volume_untouched(st)
+    assert rules_snapshot(st) == before
+    for v in st.data["vms"]:
+        transfer = journal_results(st, v["domain"], "transfer")
+        assert transfer["bytes"] == 0 and transfer["shared"] is True
+
+
+def test_site_plugin_strategy_and_halt(make_lab) -> None:
+    """The installed example site plugin (entry point) supplies the storage strategy chosen
+    in the site config; halt disables the source machine during the run and restores it."""
+    st = make_lab(SMALL_LAB)
+    from rehost.lab.siteconfig import write_site_config
+
+    write_site_config(st, storage="site-rsync", allocation="halt")
+    listing = rehost("plugins", "-c", str(st.site_config))
+    assert "site-rsync" in listing.stdout and "example-site" in listing.stdout
+    before = rules_snapshot(st)
+
+    res = rehost("run", "-c", str(st.site_config), "--vm", "good")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert rules_snapshot(st) == before
+    good = st.vm("good")
+    transfer = journal_results(st, good["domain"], "transfer")
+    assert transfer["site_plugin"] == "rehost-example-site"
+    target = shell(st, "c6-a")
+    disk = good["disks"][0]
+    assert target.checksum(disk["path"], "sha1") == disk["sha1"]
+    st_file = target.stat(disk["path"])
+    assert st_file.allocated < st_file.size // 4, "rsync --sparse should keep the disk thin"
+    # the VM not asked for stays where it was, untouched
+    bad = st.vm("bad")
+    with abiquo(st) as client:
+        assert client.vm_machine(client.find_vm(uuid=bad["uuid"])).ip == \
+            st.host("c5-a")["address"]
+
+
+FAILING_PLUGIN = '''
+from rehost.hooks import hookimpl
+
+@hookimpl(tryfirst=True)
+def rehost_vm_transfer(vm, ctx):
+    if vm.label == "bad":
+        raise RuntimeError("injected: the copy link broke")
+    return None
+'''
+
+
+def test_a_failed_vm_stops_safely_and_the_others_go_on(make_lab, tmp_path: Path) -> None:
+    st = make_lab(SMALL_LAB)
+    plugin = tmp_path / "breaker.py"
+    plugin.write_text(FAILING_PLUGIN)
+    add_to_site_config(st, f'[plugins]\nfiles = ["{plugin}"]')
+    before = rules_snapshot(st)
+
+    res = rehost("run", "-c", str(st.site_config))
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "FAILED: ABQ_" in res.stdout
+    assert rules_snapshot(st) == before
+
+    good, bad = st.vm("good"), st.vm("bad")
+    target = shell(st, "c6-a")
+    assert target.checksum(good["disks"][0]["path"], "sha1") == good["disks"][0]["sha1"]
+    # the failed VM's disk is safe: X_BACK on the source host, with the user's bytes
+    src = shell(st, "c5-a")
+    assert src.checksum(bad["disks"][0]["path"] + "_BACK", "sha1") == bad["disks"][0]["sha1"]
+
+    import json
+
+    rows = {r["label"]: r for r in json.loads(
+        rehost("status", "-c", str(st.site_config), "--json").stdout)["vms"]}
+    assert rows["bad"]["status"] == "failed" and rows["bad"]["stage"] == "transfer"
+    assert "injected: the copy link broke" in rows["bad"]["error"]
+    assert rows["good"]["status"] == "done"
+    report = Path(st.root / "reports" / "report.md").read_text()
+    assert "failed in stage `transfer`" in report
+    assert "X_BACK on the source datastore" in report
