@@ -77,8 +77,9 @@ def fake() -> Iterator[Fake]:
         do_GET = do_POST = do_PUT = do_DELETE = _any
 
     srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
+    srv.handle_error = lambda *a: None  # type: ignore[method-assign]  # clients that hung up
     state.url = f"http://127.0.0.1:{srv.server_address[1]}/api"
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     t.start()
     yield state
     srv.shutdown()
