@@ -51,9 +51,10 @@ class Host:
     def libvirt_uri(self) -> str:
         if self.uri:
             return self.uri
+        # host keys are checked (no no_verify); no_tty: never stop to ask for a password
         key = f"&keyfile={self.ssh_key}" if self.ssh_key else ""
         port = f":{self.ssh_port}" if self.ssh_port != 22 else ""
-        return f"qemu+ssh://{self.ssh_user}@{self.address}{port}/system?no_verify=1{key}"
+        return f"qemu+ssh://{self.ssh_user}@{self.address}{port}/system?no_tty=1{key}"
 
 
 @dataclass

@@ -45,9 +45,10 @@ class PerformanceFence:
         policies = [r for r in client.fit_policy_rules() if r.datacenter is None]
         old_policies = [{"url": client.absolute(p.url), "fitPolicy": p.fitPolicy}
                         for p in policies]
+        # Abiquo refuses to delete the last load-balance rule: create the new one first
+        new = client.create_fit_policy_rule("PERFORMANCE")
         for p in policies:
             client.delete_fit_policy_rule(p)
-        new = client.create_fit_policy_rule("PERFORMANCE")
         return {"deleted_rules": deleted, "created_rules": created,
                 "deleted_policies": old_policies,
                 "created_policy": {"url": client.absolute(new.url), "fitPolicy": "PERFORMANCE"}}
@@ -68,13 +69,13 @@ class PerformanceFence:
                 rule = client.create_load_level_rule(m, cpu=rec["cpu"], ram=rec["ram"])
                 recreated.append(rule_record(ctx, rule))
         policies = {client.absolute(p.url): p for p in client.fit_policy_rules()}
-        created = (fenced.get("created_policy") or {}).get("url")
-        if created in policies:
-            client.delete_fit_policy_rule(policies[created])
         restored = []
         for p in fenced.get("deleted_policies", []):
             client.create_fit_policy_rule(p["fitPolicy"])
             restored.append(p["fitPolicy"])
+        created = (fenced.get("created_policy") or {}).get("url")
+        if created in policies:
+            client.delete_fit_policy_rule(policies[created])
         return {"deleted_rules": removed, "recreated_rules": recreated,
                 "restored_policies": restored}
 
