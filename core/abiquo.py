@@ -18,157 +18,36 @@ from __future__ import annotations
 import base64
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field, fields
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import requests
 from loguru import logger
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
+from rehost.core.abiquo_types import (
+    DEPLOYED,
+    Datacenter,
+    Entity,
+    FitPolicyRule,
+    Link,
+    LoadLevelRule,
+    Machine,
+    Rack,
+    Task,
+    VirtualMachine,
+    parse_links,
+    parse,
+)
 from rehost.core.errors import AbiquoError, ConfigError
+
+__all__ = ["DEPLOYED", "AbiquoClient", "Datacenter", "Entity", "FitPolicyRule", "Link",
+           "LoadLevelRule", "Machine", "Rack", "Task", "VirtualMachine", "parse"]
 
 MEDIA_PREFIX = "application/vnd.abiquo."
 #: task states that mean "still running"
 TASK_RUNNING = frozenset({"PENDING", "QUEUEING", "STARTED"})
 TASK_FAILED = frozenset({"FINISHED_UNSUCCESSFULLY", "ABORTED", "ACK_ERROR", "CANCELLED"})
-DEPLOYED = frozenset({"ON", "OFF", "PAUSED"})
-
-
-# -- typed views of Abiquo's objects (field names exactly as Abiquo spells them) ---------------
-
-
-@dataclass(frozen=True)
-class Link:
-    rel: str
-    href: str
-    type: str = ""
-    title: str = ""
-
-    def to_dict(self) -> dict[str, str]:
-        return {"rel": self.rel, "href": self.href, "type": self.type, "title": self.title}
-
-
-def _links(data: dict[str, Any]) -> list[Link]:
-    return [Link(str(x.get("rel", "")), str(x.get("href", "")), str(x.get("type") or ""),
-                 str(x.get("title") or "")) for x in data.get("links") or []]
-
-
-@dataclass
-class Entity:
-    """Any Abiquo object: its links and the whole body as received (``raw``)."""
-
-    links: list[Link] = field(default_factory=list, repr=False)
-    raw: dict[str, Any] = field(default_factory=dict, repr=False)
-
-    def link(self, rel: str) -> Link | None:
-        return next((x for x in self.links if x.rel == rel), None)
-
-    def href(self, rel: str) -> str:
-        found = self.link(rel)
-        if found is None:
-            raise AbiquoError(None, "LINK-MISSING", f"{type(self).__name__} has no link rel "
-                              f"{rel!r} (it has: {', '.join(x.rel for x in self.links)})")
-        return found.href
-
-    @property
-    def url(self) -> str:
-        """The object's own address (rel ``edit``, else ``self``)."""
-        found = self.link("edit") or self.link("self")
-        return found.href if found else ""
-
-
-E = TypeVar("E", bound=Entity)
-
-
-def parse(cls: type[E], data: dict[str, Any]) -> E:
-    """Build a typed view from an Abiquo body; unknown fields stay in ``raw``."""
-    kwargs: dict[str, Any] = {f.name: data.get(f.name) for f in fields(cls)
-                              if f.name not in ("links", "raw")}
-    return cls(links=_links(data), raw=dict(data), **kwargs)
-
-
-@dataclass
-class Datacenter(Entity):
-    id: int | None = None
-    name: str | None = None
-    location: str | None = None
-
-
-@dataclass
-class Rack(Entity):
-    id: int | None = None
-    name: str | None = None
-
-
-@dataclass
-class Machine(Entity):
-    id: int | None = None
-    name: str | None = None
-    description: str | None = None
-    state: str | None = None
-    ip: str | None = None
-    type: str | None = None
-    cpu: int | None = None
-    cpuUsed: int | None = None
-    ram: int | None = None
-    ramUsed: int | None = None
-
-
-@dataclass
-class VirtualMachine(Entity):
-    id: int | None = None
-    name: str | None = None
-    label: str | None = None
-    description: str | None = None
-    uuid: str | None = None
-    state: str | None = None
-    cpu: int | None = None
-    ram: int | None = None
-    hdInBytes: int | None = None
-
-    @property
-    def deployed(self) -> bool:
-        return self.state in DEPLOYED
-
-
-@dataclass
-class Task(Entity):
-    taskId: str | None = None
-    ownerId: str | None = None
-    userId: str | None = None
-    type: str | None = None
-    state: str | None = None
-    timestamp: int | None = None
-    jobs: Any = None
-
-    @property
-    def failed_jobs(self) -> list[dict[str, Any]]:
-        jobs = self.jobs.get("collection", []) if isinstance(self.jobs, dict) else self.jobs
-        return [j for j in jobs or [] if j.get("state") in ("FAILED", "ROLLBACK_DONE")]
-
-
-@dataclass
-class LoadLevelRule(Entity):
-    id: int | None = None
-    cpuLoadPercentage: int | None = None
-    ramLoadPercentage: int | None = None
-
-    @property
-    def target(self) -> Link | None:
-        """What the rule applies to: the link rel ``datacenter``, ``rack`` or ``machine``."""
-        return next((x for x in self.links if x.rel in ("machine", "rack", "datacenter")), None)
-
-
-@dataclass
-class FitPolicyRule(Entity):
-    id: int | None = None
-    fitPolicy: str | None = None
-
-    @property
-    def datacenter(self) -> str | None:
-        found = self.link("datacenter")
-        return found.href if found else None
 
 
 # -- transport ----------------------------------------------------------------------------------
@@ -354,7 +233,7 @@ class AbiquoClient:
             page = self.get(next_href, accept, query)
             query = None  # the next link carries its own query
             yield from page.get("collection") or []
-            nxt = next((x for x in _links(page) if x.rel == "next"), None)
+            nxt = next((x for x in parse_links(page) if x.rel == "next"), None)
             next_href = nxt.href if nxt else None
 
     # -- infrastructure -------------------------------------------------------------------------
@@ -443,7 +322,7 @@ class AbiquoClient:
         resp = self.request(method, vm.href(rel), accept="acceptedrequest", content=content,
                             body=body)
         accepted = resp.json() if resp.content else {}
-        link = next((x for x in _links(accepted) if x.rel in ("status", "task")), None)
+        link = next((x for x in parse_links(accepted) if x.rel in ("status", "task")), None)
         if link is None:
             raise AbiquoError(resp.status_code, "TASK-LINK", "the API accepted the request "
                               "but gave no task link (rel status or task)", resp.url)
