@@ -36,8 +36,8 @@ from rehost.core.abiquo_types import (
     Rack,
     Task,
     VirtualMachine,
-    parse_links,
     parse,
+    parse_links,
 )
 from rehost.core.errors import AbiquoError, ConfigError
 
