@@ -116,7 +116,7 @@ def write_raw_disk(path: Path, vm: LabVM, index: int, size_mib: int, data_mib: i
 def sha1_file(path: Path) -> str:
     import hashlib
 
-    h = hashlib.sha1()  # noqa: S324 - a content fingerprint, md5/sha1 are what CentOS 5 has
+    h = hashlib.sha1()
     with open(path, "rb") as f:
         while chunk := f.read(4 * MIB):
             h.update(chunk)
