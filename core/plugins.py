@@ -134,7 +134,7 @@ class PluginManager:
         found: dict[str, StrategyRecord] = {}
         for impl in caller.get_hookimpls():
             plugin_name = self.pm.get_name(impl.plugin) or "?"
-            records = impl.function() or []
+            records: list[Any] = list(impl.function() or [])  # type: ignore[call-overload]
             for rec in records:
                 if not isinstance(rec, StrategyRecord):
                     raise PluginError(

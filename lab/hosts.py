@@ -150,7 +150,8 @@ class HostLayout:
 
 def host_addresses(network: str, count: int) -> tuple[str, list[str], int]:
     net = ipaddress.ip_network(network)
-    if not net.subnet_of(ipaddress.ip_network("198.18.0.0/15")):
+    if not isinstance(net, ipaddress.IPv4Network) or not net.subnet_of(
+            ipaddress.IPv4Network("198.18.0.0/15")):
         raise LabError(f"lab network {network} must lie in 198.18.0.0/15 (reserved for testing)")
     hosts = list(net.hosts())
     if len(hosts) < count + 11:
