@@ -130,8 +130,9 @@ class Campaign:
                 if a is None:
                     raise ConfigError("this campaign needs an [abiquo] section in the site "
                                       "config")
-                self._abiquo = AbiquoClient(a.url, a.user, a.password(), version=a.version,
-                                            verify_tls=a.verify_tls, timeout=a.timeout)
+                self._abiquo = AbiquoClient(
+                    a.url, a.user, a.password(), version=a.version, verify_tls=a.verify_tls,
+                    timeout=a.timeout, task_timeout=self.config.campaign.task_timeout)
             return self._abiquo
 
     # -- files --------------------------------------------------------------------------------

@@ -295,6 +295,29 @@ def status_cmd(config_path: str, as_json: bool) -> None:
                    + (f"  {d['error']}" if d["error"] else ""))
 
 
+@main.command("confirm")
+@config_option
+@vm_option
+@handle_errors
+def confirm_cmd(config_path: str, vms: tuple[str, ...]) -> None:
+    """Delete the X_BACK disks of verified VMs on the source datastores (only VMs whose
+    verify stage passed; the others keep their backups)."""
+    from rehost.core.pipeline import confirm
+
+    ctx = _campaign(config_path, progress=False)
+    try:
+        done = confirm(ctx, list(vms) or None)
+    finally:
+        ctx.close()
+    for name, what in done.items():
+        if isinstance(what, dict):
+            click.echo(f"{name}: deleted {len(what['deleted'])} backup(s)")
+            for p in what["deleted"]:
+                click.echo(f"    {p}")
+        else:
+            click.echo(f"{name}: {what}")
+
+
 @main.command("report")
 @config_option
 @click.option("--format", "formats", multiple=True, type=click.Choice(["html", "md", "json"]),
@@ -332,14 +355,17 @@ def demo_cmd(keep_lab: bool, description: str | None, storage: str | None,
     from rehost.lab import lab
     from rehost.lab.siteconfig import write_site_config
 
+    # the report outlives the lab: it goes to the current folder
+    report_dir = Path.cwd() / "rehost-demo-report"
     click.echo("bringing the rehearsal lab up ...")
     st = lab.up(description)
     ok = False
     try:
         kwargs = {k: v for k, v in (("storage", storage), ("allocation", allocation)) if v}
-        if kwargs:
-            write_site_config(st, **kwargs)
-        click.echo(f"lab up in {st.data.get('up_seconds')} s; site config {st.site_config}")
+        write_site_config(st, report_dir=str(report_dir), **kwargs)
+        click.echo(f"lab up in {st.data.get('up_seconds')} s: "
+                   + ", ".join(f"{h['name']} ({h['release']})" for h in st.data["hosts"]))
+        click.echo(f"site config: {st.site_config}")
         ctx = _campaign(str(st.site_config))
         try:
             _run(ctx, ())
@@ -349,18 +375,12 @@ def demo_cmd(keep_lab: bool, description: str | None, storage: str | None,
             raise
     finally:
         if keep_lab:
-            click.echo(f"the lab stays up: `rehost lab status`, `rehost lab down`; "
+            click.echo(f"the lab stays up (`rehost lab status`, `rehost lab down`); "
                        f"site config {st.site_config}")
         else:
-            reports = Path(st.data["root"]) / "reports"
-            keep = Path("/var/tmp/rehost-demo-report")
-            if reports.exists():
-                import shutil
-
-                shutil.rmtree(keep, ignore_errors=True)
-                shutil.copytree(reports, keep)
-                click.echo(f"report kept in {keep} (the lab is taken down)")
             lab.down(quiet=True)
+            click.echo("the lab is down")
+        click.echo(f"demo report: {report_dir}")
         if not ok:
             click.echo("demo: a VM failed (see the report)", err=True)
 

@@ -244,3 +244,21 @@ def _run_vm_stage(ctx: Campaign, vm: VM, stage: str) -> Any:
     if stage == "start":
         ctx.hooks.notify(vm, ctx, "downtime_end")
     return result
+
+
+def confirm(ctx: Campaign, only: list[str] | None = None) -> dict[str, Any]:
+    """Delete the ``X_BACK`` disks of verified VMs (the ``cleanup`` stage, run again with
+    ``delete_backups``). VMs that did not pass ``verify`` keep theirs."""
+    ctx.config.campaign.delete_backups = True
+    out: dict[str, Any] = {}
+    for row in ctx.journal.vm_rows():
+        vm = VM.from_dict(row["vm"])
+        if only and not set(only) & {vm.name, vm.uuid, vm.label}:
+            continue
+        if not (vm.facts.get("verify") or {}).get("ok"):
+            out[vm.label or vm.name] = "not verified: backups kept"
+            continue
+        result = _run_vm_stage(ctx, vm, "cleanup")
+        out[vm.label or vm.name] = {"deleted": result.get("deleted", [])}
+    write_report(ctx)
+    return out

@@ -15,7 +15,7 @@ def _s(value: str) -> str:
 
 
 def render_site_config(st: LabState, storage: str | None = None,
-                       allocation: str = "loadlevel") -> str:
+                       allocation: str = "loadlevel", report_dir: str | None = None) -> str:
     data = st.data
     root = st.root
     shared = len({h["datastore_dir"] for h in data["hosts"]}) == 1 and len(data["hosts"]) > 1
@@ -27,7 +27,7 @@ def render_site_config(st: LabState, storage: str | None = None,
         "[campaign]",
         f"name = {_s('lab-' + data['name'])}",
         f"state_dir = {_s(str(root / 'state'))}",
-        f"report_dir = {_s(str(root / 'reports'))}",
+        f"report_dir = {_s(report_dir or str(root / 'reports'))}",
         'vms = "all"',
         "# the lab's guests have no OS: they never answer an ACPI shutdown",
         "power_off_timeout = 3",

@@ -165,6 +165,15 @@ def test_scp_campaign_moves_every_vm_and_restores_the_rules(
         assert v["name"] in report and v["uuid"] in report
     assert "c5-a: no VM left to move" in report
 
+    # `rehost confirm` deletes the backups of verified VMs, and only those
+    conf = rehost("confirm", "-c", str(st.site_config))
+    assert conf.returncode == 0, conf.stdout + conf.stderr
+    for v in st.data["vms"]:
+        src = shell(st, v["host"])
+        for disk in v["disks"]:
+            assert not src.exists(disk["path"] + "_BACK")
+    assert_moved(st)
+
     status = rehost("status", "-c", str(st.site_config), "--json")
     import json
 
