@@ -4,6 +4,7 @@ the typed facade through which the core calls hooks.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.metadata
 import importlib.util
@@ -80,7 +81,24 @@ class PluginManager:
             self.pm.register(plugin, name=name)
         except pluggy.PluginValidationError as exc:
             raise PluginError(f"plugin {name!r} ({where}) is not valid: {exc}") from exc
-        hooks = sorted(h.name for h in self.pm.get_hookcallers(plugin) or [])
+        callers = self.pm.get_hookcallers(plugin) or []
+        # pluggy accepts an implementation of a hook nobody specified (it waits for a spec):
+        # for us that is a misspelled hook that would silently never run
+        unknown = sorted(
+            h.name for h in callers
+            if not h.has_spec() and not any(
+                i.plugin is plugin and i.optionalhook for i in h.get_hookimpls())
+        )
+        if unknown:
+            self.pm.unregister(plugin)
+            known = [h for h in dir(specs) if h.startswith(f"{PROJECT}_")]
+            hints = []
+            for hook in unknown:
+                close = difflib.get_close_matches(hook, known, n=1)
+                hints.append(f"{hook} (did you mean {close[0]}?)" if close else hook)
+            raise PluginError(f"plugin {name!r} ({where}) implements hooks rehost does not "
+                              f"have: {', '.join(hints)}")
+        hooks = sorted(h.name for h in callers)
         self.infos[name] = PluginInfo(name, origin, where, hooks)
 
     def load_builtins(self, only: Iterable[str] | None = None) -> None:
