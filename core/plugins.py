@@ -145,14 +145,8 @@ class PluginManager:
 
     def strategies(self, kind: str) -> dict[str, StrategyRecord]:
         """The strategies of one kind, by name; a duplicate name is an error naming both."""
-        caller = {
-            "storage": self.pm.hook.rehost_storage_strategies,
-            "allocation": self.pm.hook.rehost_allocation_strategies,
-        }[kind]
         found: dict[str, StrategyRecord] = {}
-        for impl in caller.get_hookimpls():
-            plugin_name = self.pm.get_name(impl.plugin) or "?"
-            records: list[Any] = list(impl.function() or [])  # type: ignore[call-overload]
+        for plugin_name, records in self.hooks.strategy_offers(kind):
             for rec in records:
                 if not isinstance(rec, StrategyRecord):
                     raise PluginError(
@@ -210,7 +204,22 @@ class Hooks:
     """The typed facade the core calls hooks through (keywords only, one place)."""
 
     def __init__(self, manager: PluginManager) -> None:
+        self._pm = manager.pm
         self._hook = manager.pm.hook
+
+    def strategy_offers(self, kind: str) -> list[tuple[str, list[Any]]]:
+        """Each plugin's offer of strategies of a kind (``storage``, ``allocation``) with the
+        plugin's name: the registry hook is asked plugin by plugin, so that a duplicate name
+        can be reported with both plugins."""
+        caller = {
+            "storage": self._hook.rehost_storage_strategies,
+            "allocation": self._hook.rehost_allocation_strategies,
+        }[kind]
+        offers: list[tuple[str, list[Any]]] = []
+        for impl in caller.get_hookimpls():
+            records: list[Any] = list(impl.function() or [])  # type: ignore[call-overload]
+            offers.append((self._pm.get_name(impl.plugin) or "?", records))
+        return offers
 
     def configure(self, ctx: Campaign) -> None:
         self._hook.rehost_configure(ctx=ctx)
