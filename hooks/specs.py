@@ -233,7 +233,11 @@ def rehost_vm_backup_xml(vm: VM, ctx: Campaign) -> dict[str, Any] | None:
 def rehost_notify(vm: VM, ctx: Campaign, event: str) -> None:
     """Tell a VM's users what happens to it. Every notifier is called.
 
-    :param event: ``downtime_start``, ``downtime_end`` or ``failed``.
+    :param vm: the VM concerned.
+    :param ctx: the campaign.
+    :param event: ``downtime_start`` (in the ``notify`` stage, before the power-off),
+      ``downtime_end`` (after the ``start`` stage) or ``failed`` (the VM stopped at a safe
+      point after a stage failed).
 
     Example::
 
