@@ -45,6 +45,9 @@ class Campaign:
         self.dry_run = dry_run
         self.journal = Journal(config.state_dir)
         self.log = logger.bind(campaign=config.campaign.name)
+        # for machines: every log record of this campaign as a JSON line in the state dir
+        self._log_sink = logger.add(str(self.state_dir / "rehost.log.jsonl"), serialize=True,
+                                    level="DEBUG", enqueue=False)
         self.vms: list[VM] = []
         self.fenced: dict[str, Any] | None = None
         self._lock = threading.RLock()
@@ -152,3 +155,7 @@ class Campaign:
                 hv.close()
             self._hypervisors.clear()
         self.journal.close()
+        try:
+            logger.remove(self._log_sink)
+        except ValueError:
+            pass
