@@ -6,17 +6,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rehost.hooks import hookimpl
-from rehost.reports.model import build_report
+from rehost.reports.collect import campaign_report
 from rehost.reports.render import render, write
 
 if TYPE_CHECKING:
     from rehost.core.campaign import Campaign
 
-
-def campaign_report(ctx: Campaign) -> dict[str, object]:
-    return build_report(ctx.journal, campaign=ctx.config.campaign.name,
-                        storage=ctx.config.storage.strategy,
-                        allocation=ctx.config.allocation.strategy)
+__all__ = ["campaign_report", "rehost_report"]
 
 
 @hookimpl

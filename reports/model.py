@@ -1,8 +1,16 @@
-"""The report model, built only from the journal (reporters observe; they change nothing)."""
+"""The report model, built only from the journal (reporters observe; they change nothing).
+
+Every format renders this one model: the JSON report *is* it (schema in
+``reports/schema/report.schema.json``, documented in ``docs/report-json.md``), the Markdown and
+HTML reports are jinja2 templates over it. Secrets never enter it: the journal holds none, and
+any secret string the caller knows is redacted from every text before a template sees it.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from rehost.core.model import VM_STAGES
@@ -11,6 +19,10 @@ if TYPE_CHECKING:
     from rehost.core.journal import Journal
 
 SCHEMA_VERSION = 1
+REDACTED = "[redacted]"
+
+#: What a stage's last journal event says about it.
+_OUTCOME = {"finish": "done", "error": "failed", "skip": "skipped"}
 
 
 def _iso(ts: float | None) -> str | None:
@@ -19,105 +31,260 @@ def _iso(ts: float | None) -> str | None:
     return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="seconds")
 
 
-def _stages(journal: Journal, vm: str | None) -> list[dict[str, Any]]:
+def _seconds(start: float | None, end: float | None, digits: int = 3) -> float | None:
+    if start is None or end is None:
+        return None
+    return round(end - start, digits)
+
+
+def _stages(journal: Journal, vm: str | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Each stage's last run (in the order stages first started), and every error event."""
     out: dict[str, dict[str, Any]] = {}
-    order: list[str] = []
+    errors: list[dict[str, Any]] = []
     for ev in journal.events(vm) if vm is not None else journal._campaign_events():
         if ev.event == "start":
-            if ev.stage not in out:
-                order.append(ev.stage)
+            runs = out[ev.stage]["runs"] + 1 if ev.stage in out else 1
+            out.pop(ev.stage, None)  # a stage run again (resume) counts where it ran last
             out[ev.stage] = {"stage": ev.stage, "start": ev.ts, "end": None,
-                             "outcome": "running", "result": None, "error": None}
-        elif ev.stage in out:
-            rec = out[ev.stage]
-            rec["end"] = ev.ts
-            if ev.event == "finish":
-                rec["outcome"] = "done"
-                rec["result"] = ev.data
-            elif ev.event == "error":
-                rec["outcome"] = "failed"
-                rec["error"] = ev.data.get("error")
-                rec["safe_point"] = ev.data.get("safe_point")
-    return [out[s] for s in order]
+                             "outcome": "running", "result": None, "error": None,
+                             "safe_point": None, "runs": runs}
+            continue
+        rec = out.setdefault(ev.stage, {"stage": ev.stage, "start": ev.ts, "end": None,
+                                        "outcome": "running", "result": None, "error": None,
+                                        "safe_point": None, "runs": 0})
+        rec["end"] = ev.ts
+        rec["outcome"] = _OUTCOME.get(ev.event, ev.event)
+        if ev.event in ("finish", "skip"):
+            rec["result"] = ev.data
+        elif ev.event == "error":
+            rec["error"] = ev.data.get("error")
+            rec["safe_point"] = ev.data.get("safe_point")
+            errors.append({"stage": ev.stage, "time": _iso(ev.ts),
+                           "error": str(ev.data.get("error") or ""),
+                           "type": ev.data.get("type"),
+                           "safe_point": ev.data.get("safe_point")})
+    stages = sorted(out.values(), key=lambda s: s["start"])
+    return stages, errors
+
+
+def _stage_row(s: dict[str, Any]) -> dict[str, Any]:
+    return {"stage": s["stage"], "start": _iso(s["start"]), "end": _iso(s["end"]),
+            "start_ts": s["start"], "end_ts": s["end"], "seconds": _seconds(s["start"], s["end"]),
+            "outcome": s["outcome"], "error": s["error"], "runs": s["runs"]}
+
+
+def _disks(data: dict[str, Any], by: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    def result(stage: str) -> dict[str, Any]:
+        return (by.get(stage) or {}).get("result") or {}
+
+    preserved = result("preserve_disks").get("disks", [])
+    transferred = result("transfer").get("disks", [])
+    verified = {d.get("path"): d for d in result("verify").get("disks", [])}
+    if not preserved:  # not preserved yet: what the domain XML listed
+        return [{"path": d.get("source"), "backup": None, "format": d.get("format"),
+                 "size": None, "allocated": None, "bytes_moved": 0, "checksum": None,
+                 "algorithm": None, "checksum_verified": False}
+                for d in data.get("disks", []) if d.get("type", "file") == "file"]
+    out = []
+    for i, d in enumerate(preserved):
+        moved = next((t for t in transferred if t.get("path") == d.get("backup")),
+                     transferred[i] if i < len(transferred) else {})
+        check = verified.get(d.get("path")) or {}
+        out.append({"path": d.get("path"), "backup": d.get("backup"), "format": d.get("format"),
+                    "size": d.get("size"), "allocated": d.get("allocated"),
+                    "bytes_moved": int(moved.get("bytes", 0) or 0),
+                    "checksum": d.get("checksum"), "algorithm": d.get("algorithm"),
+                    "checksum_verified": bool(d.get("checksum"))
+                    and check.get("checksum") == d.get("checksum")})
+    return out
+
+
+def _vm(journal: Journal, row: dict[str, Any]) -> dict[str, Any]:
+    data = row["vm"]
+    stages, errors = _stages(journal, row["name"])
+    by = {s["stage"]: s for s in stages}
+    power_off, start = by.get("power_off"), by.get("start")
+    down_from = power_off["start"] if power_off else None
+    down_to = start["end"] if start and start["outcome"] == "done" else None
+    transfer = (by.get("transfer") or {}).get("result") or {}
+    verify = (by.get("verify") or {}).get("result") or {}
+    cleanup = by.get("cleanup") or {}
+    disks = _disks(data, by)
+    failed = next((s for s in stages if s["outcome"] == "failed"), None)
+    if cleanup.get("outcome") == "done":
+        pending = list((cleanup.get("result") or {}).get("pending", []))
+    else:  # not cleaned up: every X_BACK made is still there
+        pending = [d["backup"] for d in disks if d["backup"]]
+    return {
+        "name": row["name"],
+        "uuid": row["uuid"],
+        "label": data.get("label") or row["name"],
+        "source_host": data.get("source_host"),
+        "target_host": data.get("target_host"),
+        "outcome": row["status"],
+        "stage": row["stage"],
+        "error": row["error"],
+        "failed_stage": failed["stage"] if failed else None,
+        "safe_point": failed["safe_point"] if failed else None,
+        "downtime_start": _iso(down_from),
+        "downtime_end": _iso(down_to),
+        "downtime_seconds": _seconds(down_from, down_to, 1),
+        "still_down": down_from is not None and down_to is None,
+        "bytes_moved": int(transfer.get("bytes", 0) or 0),
+        "transfer_seconds": transfer.get("seconds"),
+        "rate_mib_s": transfer.get("rate_mib_s"),
+        "transfer_strategy": transfer.get("strategy"),
+        "shared_datastore": transfer.get("shared"),
+        "verified": bool(verify.get("ok")),
+        "verify_method": verify.get("method"),
+        "checksum_verified": bool(disks) and all(d["checksum_verified"] for d in disks),
+        "backups_pending": pending,
+        "disks": disks,
+        "errors": errors,
+        "stages": [_stage_row(s) for s in stages],
+    }
+
+
+def _summarize(record: Any) -> str:
+    """One line for a rule record: its plain facts, without the API links."""
+    if not isinstance(record, dict):
+        return str(record)
+    parts = [f"{k} {v}" for k, v in record.items()
+             if k not in ("url", "target", "href") and not isinstance(v, (dict, list))]
+    return ", ".join(parts) or str(record)
+
+
+def _rules(phase: str, result: Any) -> list[dict[str, str]]:
+    if not isinstance(result, dict):
+        return []
+    out = []
+    for action, records in result.items():
+        for rec in records if isinstance(records, list) else [records]:
+            out.append({"phase": phase, "action": str(action), "detail": _summarize(rec)})
+    return out
+
+
+def _hosts(vms: list[dict[str, Any]],
+           hosts: dict[str, dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """Every source and target host: what moved off and onto it, what is left on it."""
+    known = dict(hosts or {})
+    names = list(known)
+    for v in vms:
+        for h in (v["source_host"], v["target_host"]):
+            if h and h not in names:
+                names.append(h)
+    out = []
+    for h in names:
+        info = known.get(h, {})
+        off = [v for v in vms if v["source_host"] == h]
+        role = info.get("role") or ("source" if off else "target")
+        left = [v["label"] for v in off if v["outcome"] != "done"]
+        domains = info.get("domains")
+        pending = sum(len(v["backups_pending"]) for v in off)
+        emptied = role == "source" and not left and not domains
+        out.append({
+            "name": h,
+            "role": role,
+            "vms_moved_off": sum(1 for v in off if v["outcome"] == "done"),
+            "vms_moved_on": sum(1 for v in vms if v["target_host"] == h and v["outcome"] == "done"
+                                and v["source_host"] != h),
+            "vms_left": left,
+            "domains_left": domains,
+            "checked": domains is not None,
+            "emptied": emptied,
+            "backups_pending": pending,
+        })
+    return out
+
+
+def redact(value: Any, secrets: Iterable[str]) -> Any:
+    """The same data with every secret string replaced (keys and values, recursively)."""
+    words = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
+    if not words:
+        return value
+
+    def scrub(v: Any) -> Any:
+        if isinstance(v, str):
+            for w in words:
+                v = v.replace(w, REDACTED)
+            return v
+        if isinstance(v, dict):
+            return {scrub(k): scrub(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [scrub(x) for x in v]
+        return v
+
+    return scrub(value)
 
 
 def build_report(journal: Journal, *, campaign: str, storage: str, allocation: str,
-                 hosts: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Everything a report shows, as plain data (the JSON report is exactly this)."""
-    vms = []
-    for row in journal.vm_rows():
-        data = row["vm"]
-        stages = _stages(journal, row["name"])
-        by = {s["stage"]: s for s in stages}
-        down_from = by.get("power_off", {}).get("start")
-        down_to = by.get("start", {}).get("end") if by.get("start", {}).get("outcome") == \
-            "done" else None
-        transfer = (by.get("transfer") or {}).get("result") or {}
-        preserved = ((by.get("preserve_disks") or {}).get("result") or {}).get("disks", [])
-        verify = (by.get("verify") or {}).get("result") or {}
-        cleanup = (by.get("cleanup") or {}).get("result") or {}
-        failed = next((s for s in stages if s["outcome"] == "failed"), None)
-        vms.append({
-            "name": row["name"],
-            "uuid": row["uuid"],
-            "label": data.get("label") or row["name"],
-            "source_host": data.get("source_host"),
-            "target_host": data.get("target_host"),
-            "outcome": row["status"],
-            "stage": row["stage"],
-            "error": row["error"],
-            "failed_stage": failed["stage"] if failed else None,
-            "safe_point": failed.get("safe_point") if failed else None,
-            "downtime_seconds": round(down_to - down_from, 1) if down_from and down_to else None,
-            "bytes_moved": int(transfer.get("bytes", 0)),
-            "transfer_seconds": transfer.get("seconds"),
-            "rate_mib_s": transfer.get("rate_mib_s"),
-            "verified": bool(verify.get("ok")),
-            "verify_method": verify.get("method"),
-            "backups_pending": cleanup.get("pending", [b["backup"] for b in preserved]
-                                           if row["status"] != "done" else []),
-            "disks": [{"path": d.get("path"), "backup": d.get("backup"), "size": d.get("size"),
-                       "allocated": d.get("allocated"), "checksum": d.get("checksum"),
-                       "format": d.get("format")} for d in preserved]
-                     or [{"path": d.get("source"), "backup": None, "size": None,
-                          "allocated": None, "checksum": None, "format": d.get("format")}
-                         for d in data.get("disks", []) if d.get("type") == "file"],
-            "stages": [{"stage": s["stage"], "start": _iso(s["start"]), "end": _iso(s["end"]),
-                        "start_ts": s["start"], "end_ts": s["end"],
-                        "seconds": round(s["end"] - s["start"], 3) if s["end"] else None,
-                        "outcome": s["outcome"], "error": s["error"]} for s in stages],
-        })
-    camp = _stages(journal, None)
-    fence = journal.get("fenced") or {}
-    unfence = next((s.get("result") for s in reversed(camp) if s["stage"] == "unfence"), None)
-    sources = {v["source_host"] for v in vms if v["source_host"]}
-    left_on = {v["source_host"] for v in vms if v["outcome"] != "done" and v["source_host"]}
+                 hosts: dict[str, dict[str, Any]] | None = None,
+                 secrets: Iterable[str] = (), now: float | None = None) -> dict[str, Any]:
+    """Everything a report shows, as plain data (the JSON report is exactly this).
+
+    :param hosts: what is known of the site's hosts by name: ``role`` (source, target) and
+        ``domains`` (the domains still defined there when the report was made; None when not
+        looked at). A source host is emptied only when nothing of the campaign is left on it
+        and no domain was seen there.
+    :param secrets: strings that must never appear in a report (redacted wherever found).
+    """
+    vms = [_vm(journal, row) for row in journal.vm_rows()]
+    camp, camp_errors = _stages(journal, None)
+    fence = journal.get("fenced")
+    unfence = next((s["result"] for s in reversed(camp)
+                    if s["stage"] == "unfence" and s["outcome"] == "done"), None)
     starts = [s["start"] for s in camp] + [s["start_ts"] for v in vms for s in v["stages"]]
     ends = [s["end"] for s in camp if s["end"]] + [
         s["end_ts"] for v in vms for s in v["stages"] if s["end_ts"]]
-    return {
+    host_rows = _hosts(vms, hosts)
+    moved = [v for v in vms if v["outcome"] == "done"]
+    down = [v["downtime_seconds"] for v in vms if v["downtime_seconds"] is not None]
+    transfer_seconds = sum(v["transfer_seconds"] or 0 for v in vms)
+    bytes_moved = sum(v["bytes_moved"] for v in vms)
+    failed = [v for v in vms if v["outcome"] == "failed"]
+    unfinished = [v for v in vms if v["outcome"] in ("pending", "running")]
+    report = {
         "schema_version": SCHEMA_VERSION,
+        "generated": _iso(now if now is not None else time.time()),
         "campaign": campaign,
+        "outcome": "failed" if failed else "incomplete" if unfinished or not vms else "success",
         "started": _iso(min(starts)) if starts else None,
         "finished": _iso(max(ends)) if ends else None,
+        "duration_seconds": _seconds(min(starts), max(ends), 1) if starts and ends else None,
         "storage_strategy": storage,
         "allocation_strategy": allocation,
         "stage_order": list(VM_STAGES),
         "rules_changed": fence,
         "rules_restored": unfence,
-        "campaign_stages": [{"stage": s["stage"], "start": _iso(s["start"]),
-                             "end": _iso(s["end"]), "outcome": s["outcome"],
-                             "error": s["error"]} for s in camp],
+        "rules": _rules("fence", fence) + _rules("unfence", unfence),
+        "campaign_stages": [_stage_row(s) for s in camp],
+        "campaign_errors": camp_errors,
         "totals": {
             "vms": len(vms),
-            "done": sum(1 for v in vms if v["outcome"] == "done"),
-            "failed": sum(1 for v in vms if v["outcome"] == "failed"),
-            "pending": sum(1 for v in vms if v["outcome"] in ("pending", "running")),
-            "bytes_moved": sum(v["bytes_moved"] for v in vms),
-            "downtime_seconds": round(sum(v["downtime_seconds"] or 0 for v in vms), 1),
+            "done": len(moved),
+            "failed": len(failed),
+            "pending": len(unfinished),
+            "still_down": sum(1 for v in vms if v["still_down"]),
+            "disks": sum(len(v["disks"]) for v in vms),
+            "disk_size_bytes": sum(d["size"] or 0 for v in vms for d in v["disks"]),
+            "disk_allocated_bytes": sum(d["allocated"] or 0 for v in vms for d in v["disks"]),
+            "bytes_moved": bytes_moved,
+            "transfer_seconds": round(transfer_seconds, 3),
+            "rate_mib_s": round(bytes_moved / transfer_seconds / 2**20, 1)
+            if transfer_seconds > 0 else None,
+            "downtime_seconds": round(sum(down), 1),
+            "downtime_max_seconds": max(down) if down else None,
+            "backups_pending": sum(len(v["backups_pending"]) for v in vms),
         },
-        "hosts_emptied": sorted(sources - left_on),
+        "hosts": host_rows,
+        "hosts_emptied": [h["name"] for h in host_rows if h["emptied"]],
         "backups_pending": [{"vm": v["label"], "host": v["source_host"], "path": b}
                             for v in vms for b in v["backups_pending"]],
+        "failures": [{"vm": v["label"], "uuid": v["uuid"], "stage": v["failed_stage"],
+                      "error": v["error"], "safe_point": v["safe_point"],
+                      "source_host": v["source_host"], "target_host": v["target_host"]}
+                     for v in failed],
         "vms": vms,
     }
+    result: dict[str, Any] = redact(report, secrets)
+    return result

@@ -1,5 +1,9 @@
 """Rendering reports with jinja2: the templates under reports/templates, or a site's own
-(``report.template_dir`` in the site config, looked up first)."""
+(``report.template_dir`` in the site config, looked up first).
+
+A site template may replace a built-in one outright (same name), or extend it and override
+its blocks: ``{% extends "builtin/report.html.j2" %}``.
+"""
 
 from __future__ import annotations
 
@@ -33,23 +37,40 @@ def seconds(n: Any) -> str:
     return f"{h} h {m:02d} min"
 
 
+def rate(n: Any) -> str:
+    return "-" if n is None else f"{float(n):.1f} MiB/s"
+
+
+def clock(iso: Any) -> str:
+    """The time of day of an ISO timestamp (``2024-05-01T10:02:03+00:00`` -> ``10:02:03``)."""
+    if not iso:
+        return "-"
+    text = str(iso)
+    return text[11:19] if len(text) >= 19 else text
+
+
 def environment(template_dir: str | None = None) -> jinja2.Environment:
+    builtin = jinja2.PackageLoader("rehost.reports", "templates")
     loaders: list[jinja2.BaseLoader] = []
     if template_dir:
         loaders.append(jinja2.FileSystemLoader(template_dir))
-    loaders.append(jinja2.PackageLoader("rehost.reports", "templates"))
+    loaders += [builtin, jinja2.PrefixLoader({"builtin": builtin})]
     env = jinja2.Environment(
         loader=jinja2.ChoiceLoader(loaders),
         autoescape=jinja2.select_autoescape(["html", "html.j2"]),
         undefined=jinja2.StrictUndefined,
+        trim_blocks=False,
     )
     env.filters["filesize"] = filesize
     env.filters["seconds"] = seconds
+    env.filters["rate"] = rate
+    env.filters["clock"] = clock
     return env
 
 
-def render(name: str, report: dict[str, Any], template_dir: str | None = None) -> str:
-    return environment(template_dir).get_template(name).render(r=report)
+def render(name: str, report: dict[str, Any], template_dir: str | None = None,
+           **extra: Any) -> str:
+    return environment(template_dir).get_template(name).render(r=report, **extra)
 
 
 def write(path: Path, text: str) -> str:

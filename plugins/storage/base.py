@@ -66,8 +66,11 @@ class DatastoreStrategy:
         return []
 
     def space_needed(self, ctx: Campaign, vm: VM, disk: Disk) -> int:
-        """Full size when the copy fills holes, allocated size when it keeps them."""
-        st = ctx.shell(_source(vm)).stat(disk.source or "")
+        """Full size when the copy fills holes, allocated size when it keeps them. (A resumed
+        campaign finds the disk under its ``_BACK`` name.)"""
+        sh = ctx.shell(_source(vm))
+        path = disk.source or ""
+        st = sh.stat(path if sh.exists(path) else backup_path(disk))
         return st.size if self.fills_holes else st.allocated
 
     # -- stages -------------------------------------------------------------------------------
