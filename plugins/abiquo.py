@@ -46,11 +46,17 @@ def _vm_machine(client: AbiquoClient, vm: VirtualMachine,
 
 
 def _abiquo_vm(ctx: Campaign, vm: VM) -> VirtualMachine:
+    """The VM as Abiquo shows it now; while it is LOCKED (an action of an earlier,
+    interrupted run still in progress) wait until it is not."""
     client = ctx.abiquo
     if vm.abiquo_href:
-        return client.vm(vm.abiquo_href)
-    found = client.find_vm(uuid=vm.uuid)
-    vm.abiquo_href = found.url
+        found = client.vm(vm.abiquo_href)
+    else:
+        found = client.find_vm(uuid=vm.uuid)
+        vm.abiquo_href = client.absolute(found.url)
+    if found.state == "LOCKED":
+        found = client.wait_vm(found, DEPLOYED | {"NOT_ALLOCATED", "UNKNOWN"},
+                               timeout=ctx.config.campaign.task_timeout)
     return found
 
 
