@@ -1,0 +1,453 @@
+"""The engine in-process: the exact order of hook events for a VM through every stage (the
+golden test), a failing stage, a stage nobody performs, resume after a crash, and a critical
+preflight. No lab: inline plugins perform the stages."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rehost.core.campaign import Campaign
+from rehost.core.config import parse_config
+from rehost.core.journal import Journal
+from rehost.core.model import VM, VM_STAGES, Finding, StrategyRecord
+from rehost.core.pipeline import PreflightFailed, run_campaign
+from rehost.core.plugins import PluginManager, build_plugin_manager
+from rehost.hooks import hookimpl
+
+SITE = """
+[campaign]
+name = "golden"
+state_dir = "state"
+report_dir = "reports"
+
+[hosts.old]
+address = "198.18.250.10"
+role = "source"
+
+[hosts.new]
+address = "198.18.250.11"
+role = "target"
+
+[storage]
+strategy = "test-storage"
+
+[allocation]
+strategy = "test-fence"
+
+[report]
+formats = ["md"]
+"""
+
+
+class Crash(BaseException):
+    """Stands for the process dying in the middle of a stage (not an ordinary error)."""
+
+
+class Performer:
+    """Selects the VMs, performs every stage, fences and unfences; fails where told to."""
+
+    def __init__(self, vms: list[str], *, fail: dict[tuple[str, str], BaseException] | None = None,
+                 silent: set[str] | None = None, findings: list[Finding] | None = None,
+                 kill_at: tuple[str, str] | None = None) -> None:
+        self.vm_names = vms
+        self.fail = fail or {}
+        self.silent = silent or set()
+        self.findings = findings or []
+        self.kill_at = kill_at
+        self.fence_calls = 0
+        self.unfenced: list[dict[str, Any]] = []
+        self.outcome: dict[str, str] | None = None
+
+    def _do(self, stage: str, vm: VM) -> dict[str, Any] | None:
+        if (vm.name, stage) == self.kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        error = self.fail.get((vm.name, stage))
+        if error is not None:
+            raise error
+        if stage in self.silent:
+            return None
+        return {"stage": stage, "vm": vm.name}
+
+    # registries: Campaign checks the configured strategy names against them
+    @hookimpl
+    def rehost_storage_strategies(self) -> list[StrategyRecord]:
+        return [StrategyRecord("storage", "test-storage", "performed by the test", dict)]
+
+    @hookimpl
+    def rehost_allocation_strategies(self) -> list[StrategyRecord]:
+        return [StrategyRecord("allocation", "test-fence", "performed by the test", dict)]
+
+    # the campaign
+    @hookimpl
+    def rehost_select_vms(self, ctx: Campaign) -> list[VM]:
+        return [VM(name=f"ABQ_{n}", uuid=n, label=n) for n in self.vm_names]
+
+    @hookimpl
+    def rehost_preflight(self, ctx: Campaign) -> list[Finding]:
+        return list(self.findings)
+
+    @hookimpl
+    def rehost_fence(self, ctx: Campaign) -> dict[str, Any]:
+        self.fence_calls += 1
+        return {"fenced": ["old"], "run": self.fence_calls}
+
+    @hookimpl
+    def rehost_unfence(self, ctx: Campaign, fenced: dict[str, Any]) -> dict[str, Any]:
+        self.unfenced.append(fenced)
+        return {"restored": fenced["fenced"]}
+
+    @hookimpl
+    def rehost_campaign_finish(self, ctx: Campaign, outcome: dict[str, str]) -> None:
+        self.outcome = dict(outcome)
+
+    # every stage of a VM but notify (the core sends that one)
+    @hookimpl
+    def rehost_vm_locate(self, vm: VM, ctx: Campaign) -> dict[str, Any] | None:
+        vm.source_host = "old"
+        return self._do("locate", vm)
+
+    @hookimpl
+    def rehost_vm_backup_xml(self, vm: VM, ctx: Campaign) -> dict[str, Any] | None:
+        return self._do("backup_xml", vm)
+
+    @hookimpl
+    def rehost_vm_power_off(self, vm: VM, ctx: Campaign) -> dict[str, Any] | None:
+        return self._do("power_off", vm)
+
+    @hookimpl
+    def rehost_vm_undefine(self, vm: VM, ctx: Campaign) -> dict[str, Any] | None:
+        return self._do("undefine", vm)
+
+    @hookimpl
+    def rehost_vm_await_undeployed(self, vm: VM, ctx: Campaign) -> dict[str, Any] | None:
+        return self._do("await_undeployed", vm)
+
+    @hookimpl
+    def rehost_vm_preserve_disks(self, vm: VM, ctx: Campaign) -> dict[str, Any] | None:
+        return self._do("preserve_disks", vm)
+
+    @hookimpl
+    def rehost_vm_deploy(self, vm: VM, ctx: Campaign) -> dict[str, Any] | None:
+        vm.target_host = "new"
+        return self._do("deploy", vm)
+
+    @hookimpl
+    def rehost_vm_power_off_new(self, vm: VM, ctx: Campaign) -> dict[str, Any] | None:
+        return self._do("power_off_new", vm)
+
+    @hookimpl
+    def rehost_vm_transfer(self, vm: VM, ctx: Campaign) -> dict[str, Any] | None:
+        return self._do("transfer", vm)
+
+    @hookimpl
+    def rehost_vm_remove_new_disks(self, vm: VM, ctx: Campaign) -> dict[str, Any] | None:
+        return self._do("remove_new_disks", vm)
+
+    @hookimpl
+    def rehost_vm_swap_disks(self, vm: VM, ctx: Campaign) -> dict[str, Any] | None:
+        return self._do("swap_disks", vm)
+
+    @hookimpl
+    def rehost_vm_start(self, vm: VM, ctx: Campaign) -> dict[str, Any] | None:
+        return self._do("start", vm)
+
+    @hookimpl
+    def rehost_vm_verify(self, vm: VM, ctx: Campaign) -> dict[str, Any] | None:
+        return self._do("verify", vm)
+
+    @hookimpl
+    def rehost_vm_cleanup(self, vm: VM, ctx: Campaign) -> dict[str, Any] | None:
+        return self._do("cleanup", vm)
+
+
+class Recorder:
+    """Every hook call, in order, as ``hook [stage|event] [vm]`` (pluggy's call monitoring:
+    it sees each call once, whoever implements it). Stage errors are kept too."""
+
+    def __init__(self, manager: PluginManager) -> None:
+        self.calls: list[str] = []
+        self.errors: list[tuple[str, str | None, BaseException]] = []
+        manager.pm.add_hookcall_monitoring(self._before, lambda *a: None)
+
+    def _before(self, hook_name: str, impls: Any, kwargs: Mapping[str, Any]) -> None:
+        words = [hook_name.removeprefix("rehost_")]
+        if "stage" in kwargs:
+            words.append(kwargs["stage"])
+        if "event" in kwargs:
+            words.append(kwargs["event"])
+        if kwargs.get("vm") is not None:
+            words.append(kwargs["vm"].label)
+        if hook_name == "rehost_stage_error":
+            vm = kwargs["vm"]
+            self.errors.append((kwargs["stage"], vm.label if vm else None, kwargs["error"]))
+        self.calls.append(" ".join(words))
+
+    def for_vm(self, label: str) -> list[str]:
+        return [c for c in self.calls if c.endswith(f" {label}")]
+
+
+def campaign(tmp_path: Path, performer: Performer) -> tuple[Campaign, Recorder]:
+    """A campaign from a parsed site config, with only the notify built-in and the test's
+    plugins."""
+    cfg_path = tmp_path / "site.toml"
+    cfg_path.write_text(SITE)
+    cfg = parse_config(cfg_path.read_text(), str(cfg_path))
+    manager = build_plugin_manager(builtins=["notify"], entry_points=False,
+                                   extra=[(performer, "performer")])
+    recorder = Recorder(manager)
+    return Campaign(cfg, manager), recorder
+
+
+def journal(tmp_path: Path) -> Journal:
+    return Journal(tmp_path / "state")
+
+
+# -- the golden order ------------------------------------------------------------------------
+
+GOLDEN = [
+    "configure",
+    "stage_start preflight", "select_vms", "preflight", "stage_finish preflight",
+    "stage_start fence", "fence", "stage_finish fence",
+    "campaign_start",
+    "stage_start locate web01", "vm_locate web01", "stage_finish locate web01",
+    "stage_start backup_xml web01", "vm_backup_xml web01", "stage_finish backup_xml web01",
+    "stage_start notify web01", "notify downtime_start web01", "stage_finish notify web01",
+    "stage_start power_off web01", "vm_power_off web01", "stage_finish power_off web01",
+    "stage_start undefine web01", "vm_undefine web01", "stage_finish undefine web01",
+    "stage_start await_undeployed web01", "vm_await_undeployed web01",
+    "stage_finish await_undeployed web01",
+    "stage_start preserve_disks web01", "vm_preserve_disks web01",
+    "stage_finish preserve_disks web01",
+    "stage_start deploy web01", "vm_deploy web01", "stage_finish deploy web01",
+    "stage_start power_off_new web01", "vm_power_off_new web01",
+    "stage_finish power_off_new web01",
+    "stage_start transfer web01", "vm_transfer web01", "stage_finish transfer web01",
+    "stage_start remove_new_disks web01", "vm_remove_new_disks web01",
+    "stage_finish remove_new_disks web01",
+    "stage_start swap_disks web01", "vm_swap_disks web01", "stage_finish swap_disks web01",
+    "stage_start start web01", "vm_start web01", "stage_finish start web01",
+    "notify downtime_end web01",
+    "stage_start verify web01", "vm_verify web01", "stage_finish verify web01",
+    "stage_start cleanup web01", "vm_cleanup web01", "stage_finish cleanup web01",
+    "stage_start unfence", "unfence", "stage_finish unfence",
+    "campaign_finish",
+    "stage_start report", "report", "stage_finish report",
+    "unconfigure",
+]
+
+
+def test_golden_order_of_one_vm_through_every_stage(tmp_path: Path) -> None:
+    performer = Performer(["web01"])
+    ctx, recorder = campaign(tmp_path, performer)
+    try:
+        outcome = run_campaign(ctx)
+    finally:
+        ctx.close()
+    assert outcome == {"ABQ_web01": "done"}
+    assert recorder.calls == GOLDEN
+    assert performer.fence_calls == 1
+    assert performer.unfenced == [{"fenced": ["old"], "run": 1}]
+    assert performer.outcome == {"ABQ_web01": "done"}
+
+    j = journal(tmp_path)
+    try:
+        [row] = j.vm_rows()
+        assert (row["status"], row["stage"], row["error"]) == ("done", "cleanup", None)
+        assert (row["vm"]["source_host"], row["vm"]["target_host"]) == ("old", "new")
+        # every stage's result is journaled, in order, each started before it finished
+        events = [(e.stage, e.event) for e in j.events("ABQ_web01")]
+        assert events == [(s, ev) for s in VM_STAGES for ev in ("start", "finish")]
+        finished = j.finished_stages("ABQ_web01")
+        assert finished["transfer"] == {"stage": "transfer", "vm": "ABQ_web01"}
+        assert finished["notify"] == {"event": "downtime_start"}
+        assert j.get("unfenced") is True
+    finally:
+        j.close()
+
+
+# -- failures --------------------------------------------------------------------------------
+
+
+def test_a_failing_stage_stops_that_vm_and_the_others_go_on(tmp_path: Path) -> None:
+    boom = RuntimeError("injected: the copy link broke")
+    performer = Performer(["bad", "good"], fail={("ABQ_bad", "transfer"): boom})
+    ctx, recorder = campaign(tmp_path, performer)
+    try:
+        outcome = run_campaign(ctx)
+    finally:
+        ctx.close()
+    assert outcome == {"ABQ_bad": "failed", "ABQ_good": "done"}
+    assert performer.outcome == outcome
+
+    bad = recorder.for_vm("bad")
+    assert bad[-4:] == ["stage_start transfer bad", "vm_transfer bad",
+                        "stage_error transfer bad", "notify failed bad"]
+    later = VM_STAGES[VM_STAGES.index("transfer") + 1:]
+    assert not [c for c in bad if any(f" {s} " in f" {c} " for s in later)]
+    assert "notify downtime_end bad" not in bad
+    assert recorder.errors == [("transfer", "bad", boom)]
+
+    good = recorder.for_vm("good")
+    assert [c for c in good if c.startswith("vm_")] == [
+        f"vm_{s} good" for s in VM_STAGES if s != "notify"]
+    # unfence still runs, after every VM
+    assert recorder.calls.index("unfence") > recorder.calls.index("stage_finish cleanup good")
+    assert performer.unfenced == [{"fenced": ["old"], "run": 1}]
+
+    j = journal(tmp_path)
+    try:
+        rows = {r["vm"]["label"]: r for r in j.vm_rows()}
+        assert rows["bad"]["status"] == "failed" and rows["bad"]["stage"] == "transfer"
+        assert rows["bad"]["error"] == "transfer: injected: the copy link broke"
+        assert rows["good"]["status"] == "done"
+        [error] = [e for e in j.events("ABQ_bad") if e.event == "error"]
+        assert error.stage == "transfer" and error.data["type"] == "RuntimeError"
+        assert "X_BACK on the source datastore" in error.data["safe_point"]
+        assert error.data["done"] == list(VM_STAGES[:VM_STAGES.index("transfer")])
+    finally:
+        j.close()
+
+
+def test_a_stage_nobody_performs_is_a_clear_error(tmp_path: Path) -> None:
+    performer = Performer(["web01"], silent={"verify"})
+    ctx, recorder = campaign(tmp_path, performer)
+    try:
+        outcome = run_campaign(ctx)
+    finally:
+        ctx.close()
+    assert outcome == {"ABQ_web01": "failed"}
+    [(stage, vm, error)] = recorder.errors
+    assert (stage, vm) == ("verify", "web01")
+    assert "no plugin performs stage 'verify'" in str(error)
+    assert "vm_cleanup web01" not in recorder.calls
+    j = journal(tmp_path)
+    try:
+        [row] = j.vm_rows()
+        assert row["status"] == "failed" and row["stage"] == "verify"
+        assert "no plugin performs stage 'verify' (rehost_vm_verify)" in row["error"]
+    finally:
+        j.close()
+
+
+def test_a_critical_preflight_finding_stops_before_the_fence(tmp_path: Path) -> None:
+    finding = Finding("critical", "capacity", "not enough room on the CentOS 6 hosts")
+    performer = Performer(["web01"], findings=[Finding("warning", "friday", "it is Friday"),
+                                               finding])
+    ctx, recorder = campaign(tmp_path, performer)
+    try:
+        with pytest.raises(PreflightFailed) as err:
+            run_campaign(ctx)
+    finally:
+        ctx.close()
+    assert err.value.exit_code == 1
+    assert "[capacity] not enough room on the CentOS 6 hosts" in str(err.value)
+    assert "friday" not in str(err.value)
+    assert performer.fence_calls == 0
+    assert recorder.calls == ["configure", "stage_start preflight", "select_vms", "preflight",
+                              "stage_error preflight", "unconfigure"]
+    j = journal(tmp_path)
+    try:
+        assert j.get("fenced") is None
+        assert j.vm_rows() == []
+    finally:
+        j.close()
+
+
+# -- resume ----------------------------------------------------------------------------------
+
+
+def test_resume_after_a_crash_mid_stage_reruns_only_the_unfinished_stage(
+        tmp_path: Path) -> None:
+    # the first run dies by SIGKILL in the middle of swap_disks: nothing runs after it, not
+    # even the unfence (a forked child, so that the test's own process survives)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            ctx, _ = campaign(tmp_path, Performer(["web01"], kill_at=("ABQ_web01",
+                                                                      "swap_disks")))
+            run_campaign(ctx)
+        finally:
+            os._exit(3)  # never reached when the kill worked
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+
+    j = journal(tmp_path)
+    try:
+        [row] = j.vm_rows()
+        assert (row["status"], row["stage"]) == ("running", "swap_disks")
+        assert j.get("fenced") == {"fenced": ["old"], "run": 1}
+        assert j.get("unfenced") is None
+    finally:
+        j.close()
+
+    performer = Performer(["web01"])
+    ctx, recorder = campaign(tmp_path, performer)
+    try:
+        outcome = run_campaign(ctx)
+    finally:
+        ctx.close()
+    assert outcome == {"ABQ_web01": "done"}
+    # still fenced from the first run: no second fence, and the first fence is put back
+    assert performer.fence_calls == 0
+    assert "fence" not in recorder.calls and "stage_start fence" not in recorder.calls
+    assert performer.unfenced == [{"fenced": ["old"], "run": 1}]
+    rest = VM_STAGES[VM_STAGES.index("swap_disks"):]
+    assert [c for c in recorder.for_vm("web01") if c.startswith("stage_start")] == [
+        f"stage_start {s} web01" for s in rest]
+    # what earlier stages learnt about the VM survives the crash
+    j = journal(tmp_path)
+    try:
+        [row] = j.vm_rows()
+        assert (row["status"], row["vm"]["source_host"], row["vm"]["target_host"]) == (
+            "done", "old", "new")
+        assert [e.stage for e in j.events("ABQ_web01") if e.event == "start"].count(
+            "swap_disks") == 2
+        assert j.get("unfenced") is True
+    finally:
+        j.close()
+
+
+def test_an_interrupted_run_unfences_and_resume_fences_again(tmp_path: Path) -> None:
+    performer = Performer(["a", "b"], fail={("ABQ_a", "deploy"): Crash("operator pressed ^C")})
+    ctx, recorder = campaign(tmp_path, performer)
+    try:
+        with pytest.raises(Crash):
+            run_campaign(ctx)
+    finally:
+        ctx.close()
+    # not an ordinary stage failure: the run stops, b is not started, the rules are put back
+    assert "stage_start locate b" not in recorder.calls
+    assert performer.unfenced == [{"fenced": ["old"], "run": 1}]
+
+    performer2 = Performer(["a", "b"])
+    ctx, recorder = campaign(tmp_path, performer2)
+    try:
+        outcome = run_campaign(ctx)
+    finally:
+        ctx.close()
+    assert outcome == {"ABQ_a": "done", "ABQ_b": "done"}
+    assert performer2.fence_calls == 1  # unfenced at the end of the first run: fence again
+    assert [c for c in recorder.for_vm("a") if c.startswith("vm_")] == [
+        f"vm_{s} a" for s in VM_STAGES[VM_STAGES.index("deploy"):]]
+    assert len([c for c in recorder.for_vm("b") if c.startswith("vm_")]) == len(VM_STAGES) - 1
+
+
+def test_resume_of_a_finished_campaign_runs_no_stage_again(tmp_path: Path) -> None:
+    ctx, _ = campaign(tmp_path, Performer(["web01"]))
+    try:
+        run_campaign(ctx)
+    finally:
+        ctx.close()
+    performer = Performer(["web01"])
+    ctx, recorder = campaign(tmp_path, performer)
+    try:
+        assert run_campaign(ctx) == {"ABQ_web01": "done"}
+    finally:
+        ctx.close()
+    assert [c for c in recorder.calls if c.startswith(("vm_", "notify"))] == []
