@@ -242,6 +242,10 @@ def parse_config(text: str, path: str = "<string>") -> SiteConfig:
     abiquo = None
     if "abiquo" in data:
         a = _table(data, "abiquo", "")
+        # before the unknown-key check: say why, not just that the key is unknown
+        if "password" in a:
+            raise ConfigError("abiquo.password: put the password in a file (password_file) or "
+                              "an environment variable (password_env), not in the config")
         _known("abiquo", a, set(AbiquoConfig.__dataclass_fields__))
         url = _get("abiquo", a, "url", str, required=True)
         if not url.startswith(("http://", "https://")):
@@ -260,9 +264,6 @@ def parse_config(text: str, path: str = "<string>") -> SiteConfig:
             aim_version=_get("abiquo", a, "aim_version", str),
             discover=_get("abiquo", a, "discover", bool, False),
         )
-        if "password" in a:
-            raise ConfigError("abiquo.password: put the password in a file (password_file) or "
-                              "an environment variable (password_env), not in the config")
         if not (abiquo.password_file or abiquo.password_env):
             raise ConfigError("abiquo: set password_file or password_env")
 
@@ -297,7 +298,10 @@ def parse_config(text: str, path: str = "<string>") -> SiteConfig:
     _known("plugins", p, {"files", "block"})
     files = _get("plugins", p, "files", list, [])
     block = _get("plugins", p, "block", list, [])
-    plugins = PluginsConfig([resolve(f) or "" for f in files], [str(b) for b in block])
+    for key, values in (("files", files), ("block", block)):
+        if not all(isinstance(v, str) for v in values):
+            raise ConfigError(f"plugins.{key} must list strings, not {values!r}")
+    plugins = PluginsConfig([resolve(f) or "" for f in files], list(block))
 
     r = _table(data, "report", "")
     _known("report", r, {"formats", "template_dir"})
