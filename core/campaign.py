@@ -7,6 +7,9 @@ strategies, and cached ways to reach hosts (a :class:`~rehost.core.remote.Shell`
 
 from __future__ import annotations
 
+import dataclasses
+import shutil
+import tempfile
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,6 +55,13 @@ class Campaign:
         self.fenced: dict[str, Any] | None = None
         self._lock = threading.RLock()
         self._shells: dict[str, Shell] = {}
+        # one ssh connection per host for all of the campaign's commands (ControlMaster);
+        # the socket folder is short-named: unix sockets have a path length limit
+        self._control_dir: str | None = None
+        self.ssh = config.ssh
+        if config.ssh.control_dir is None:
+            self._control_dir = tempfile.mkdtemp(prefix="rh-ssh-")
+            self.ssh = dataclasses.replace(config.ssh, control_dir=self._control_dir)
         self._hypervisors: dict[tuple[str, int], Hypervisor] = {}
         self._facts: dict[str, HostFacts] = {}
         self._abiquo: AbiquoClient | None = None
@@ -100,7 +110,7 @@ class Campaign:
             if host not in self._shells:
                 h = self.host(host)
                 self._shells[host] = Shell(h.address, user=h.ssh_user, port=h.ssh_port,
-                                           ssh=self.config.ssh, name=h.name)
+                                           ssh=self.ssh, name=h.name)
             return self._shells[host]
 
     def hypervisor(self, host: str) -> Hypervisor:
@@ -154,6 +164,14 @@ class Campaign:
             for hv in self._hypervisors.values():
                 hv.close()
             self._hypervisors.clear()
+            for shell in self._shells.values():
+                try:
+                    shell.close()
+                except Exception as exc:  # a lingering master ends by itself (ControlPersist)
+                    self.log.debug("ssh to {}: {}", shell.name, exc)
+            self._shells.clear()
+            if self._control_dir:
+                shutil.rmtree(self._control_dir, ignore_errors=True)
         self.journal.close()
         try:
             logger.remove(self._log_sink)
