@@ -38,6 +38,8 @@ BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
     ("allocation-halt", "rehost.plugins.allocation.halt"),
     ("preflight", "rehost.plugins.preflight"),
     ("report-markdown", "rehost.reports.markdown"),
+    ("report-html", "rehost.reports.html"),
+    ("report-json", "rehost.reports.json_report"),
 )
 
 

@@ -149,8 +149,11 @@ def _summarize(record: Any) -> str:
     """One line for a rule record: its plain facts, without the API links."""
     if not isinstance(record, dict):
         return str(record)
-    parts = [f"{k} {v}" for k, v in record.items()
-             if k not in ("url", "target", "href") and not isinstance(v, (dict, list))]
+    first = [k for k in ("machine", "host", "datacenter", "name") if k in record]
+    keys = first + [k for k in record if k not in first]
+    parts = [f"{k} {record[k]}" for k in keys
+             if k not in ("url", "target", "href", "rel") and not isinstance(record[k],
+                                                                        (dict, list))]
     return ", ".join(parts) or str(record)
 
 
@@ -280,8 +283,10 @@ def build_report(journal: Journal, *, campaign: str, storage: str, allocation: s
         "hosts_emptied": [h["name"] for h in host_rows if h["emptied"]],
         "backups_pending": [{"vm": v["label"], "host": v["source_host"], "path": b}
                             for v in vms for b in v["backups_pending"]],
-        "failures": [{"vm": v["label"], "uuid": v["uuid"], "stage": v["failed_stage"],
-                      "error": v["error"], "safe_point": v["safe_point"],
+        "failures": [{"vm": v["label"], "name": v["name"], "uuid": v["uuid"],
+                      "stage": v["failed_stage"],
+                      "error": v["errors"][-1]["error"] if v["errors"] else v["error"],
+                      "safe_point": v["safe_point"],
                       "source_host": v["source_host"], "target_host": v["target_host"]}
                      for v in failed],
         "vms": vms,

@@ -59,7 +59,7 @@ def environment(template_dir: str | None = None) -> jinja2.Environment:
         loader=jinja2.ChoiceLoader(loaders),
         autoescape=jinja2.select_autoescape(["html", "html.j2"]),
         undefined=jinja2.StrictUndefined,
-        trim_blocks=False,
+        keep_trailing_newline=True,
     )
     env.filters["filesize"] = filesize
     env.filters["seconds"] = seconds

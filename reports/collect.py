@@ -1,0 +1,57 @@
+"""The report model of a running campaign: its journal, what its hosts hold now, its secrets.
+
+Shared by every reporter, so one ``rehost report`` looks at the hosts once, not once per
+format. Looking is read-only: the domains still defined on each source host (a host is
+reported emptied only when none is left), nothing else.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import TYPE_CHECKING, Any
+
+from rehost.reports.model import build_report
+
+if TYPE_CHECKING:
+    from rehost.core.campaign import Campaign
+
+_cache: weakref.WeakKeyDictionary[Campaign, tuple[int, dict[str, Any]]] = \
+    weakref.WeakKeyDictionary()
+
+
+def _secrets(ctx: Campaign) -> list[str]:
+    """Strings that must never appear in a report: the Abiquo password, if one is set."""
+    if ctx.config.abiquo is None:
+        return []
+    try:
+        return [ctx.config.abiquo.password()]
+    except Exception:  # no password readable: nothing to redact, and nothing to leak
+        return []
+
+
+def _hosts(ctx: Campaign) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for host in ctx.config.hosts.values():
+        info: dict[str, Any] = {"role": host.role, "domains": None}
+        if host.role == "source" and not ctx.dry_run:
+            try:
+                info["domains"] = [d.name for d in ctx.hypervisor(host.name).domains()]
+            except Exception as exc:  # unreachable now: say so, do not guess "empty"
+                ctx.log.warning("report: cannot list the domains of {}: {}", host.name, exc)
+        out[host.name] = info
+    return out
+
+
+def campaign_report(ctx: Campaign) -> dict[str, Any]:
+    """The report model of ``ctx`` now (cached while the journal does not change)."""
+    events = ctx.journal.events()
+    mark = events[-1].id if events else 0
+    cached = _cache.get(ctx)
+    if cached is not None and cached[0] == mark:
+        return cached[1]
+    report = build_report(ctx.journal, campaign=ctx.config.campaign.name,
+                          storage=ctx.config.storage.strategy,
+                          allocation=ctx.config.allocation.strategy,
+                          hosts=_hosts(ctx), secrets=_secrets(ctx))
+    _cache[ctx] = (mark, report)
+    return report
