@@ -46,6 +46,10 @@ class Campaign:
         )
         self.hooks = self.manager.hooks
         self.dry_run = dry_run
+        # choosing a strategy that does not exist is a configuration error: say so before
+        # anything is written
+        self.manager.strategy("storage", config.storage.strategy)
+        self.manager.strategy("allocation", config.allocation.strategy)
         self.journal = Journal(config.state_dir)
         self.log = logger.bind(campaign=config.campaign.name)
         # for machines: every log record of this campaign as a JSON line in the state dir
@@ -66,9 +70,6 @@ class Campaign:
         self._facts: dict[str, HostFacts] = {}
         self._abiquo: AbiquoClient | None = None
         self._strategies: dict[str, Any] = {}
-        # choosing a strategy that does not exist is a configuration error: say so now
-        self.manager.strategy("storage", config.storage.strategy)
-        self.manager.strategy("allocation", config.allocation.strategy)
 
     # -- strategies ---------------------------------------------------------------------------
 

@@ -123,7 +123,8 @@ def _campaign_stage(ctx: Campaign, stage: str, fn: Callable[[], Any]) -> Any:
         ctx.journal.record(None, stage, "error", {"error": str(exc)})
         ctx.hooks.stage_error(stage, None, ctx, exc)
         raise
-    ctx.journal.record(None, stage, "finish", result)
+    ctx.journal.record(None, stage, "finish", result.to_dict() if hasattr(result, "to_dict")
+                       else result)
     ctx.hooks.stage_finish(stage, None, ctx, result)
     return result
 
@@ -149,13 +150,32 @@ def run_campaign(ctx: Campaign, only: list[str] | None = None) -> dict[str, str]
             ctx.hooks.campaign_start(ctx, plan.vms)
             outcome = _run_vms(ctx, plan.vms)
         finally:
-            _campaign_stage(ctx, "unfence", lambda: ctx.hooks.unfence(ctx, fenced) or {})
-            ctx.journal.set("unfenced", True)
-            ctx.hooks.campaign_finish(ctx, outcome)
-            write_report(ctx)
+            # unfence, finish and report even when a VM or the unfence itself failed; the
+            # first error is raised once all three were tried
+            _finish_campaign(ctx, fenced, outcome)
         return outcome
     finally:
         ctx.hooks.unconfigure(ctx)
+
+
+def _finish_campaign(ctx: Campaign, fenced: dict[str, Any], outcome: dict[str, str]) -> None:
+    errors: list[BaseException] = []
+    try:
+        _campaign_stage(ctx, "unfence", lambda: ctx.hooks.unfence(ctx, fenced) or {})
+        ctx.journal.set("unfenced", True)
+    except Exception as exc:
+        ctx.log.error("unfence failed: {}; the rules changed at fence are in the journal "
+                      "(`rehost resume` tries again)", exc)
+        errors.append(exc)
+    for step in (lambda: ctx.hooks.campaign_finish(ctx, outcome), lambda: write_report(ctx)):
+        try:
+            step()
+        except Exception as exc:
+            ctx.log.error("{}", exc)
+            errors.append(exc)
+    if errors:
+        raise errors[0]
+
 
 
 def _preflight(ctx: Campaign, only: list[str] | None) -> Plan:
@@ -208,6 +228,14 @@ def run_vm(ctx: Campaign, vm: VM) -> str:
             continue
         try:
             _run_vm_stage(ctx, vm, stage)
+        except (KeyboardInterrupt, SystemExit) as exc:
+            # interrupted: journaled as such (the stage did not finish, resume runs it again)
+            ctx.journal.record(vm, stage, "error", {
+                "error": f"interrupted ({type(exc).__name__})", "interrupted": True,
+                "safe_point": safe_point(done), "done": done})
+            ctx.journal.set_status(vm.name, "interrupted", f"{stage}: interrupted")
+            ctx.hooks.stage_error(stage, vm, ctx, exc)
+            raise
         except Exception as exc:
             note = safe_point(done)
             ctx.journal.record(vm, stage, "error", {
