@@ -42,10 +42,17 @@ venv_setup() {
   if [ ! -x "$VENV/bin/python" ]; then
     "$py" -m venv "$VENV"
   fi
-  "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-  "$VENV/bin/python" -m pip install -q -e '.[dev]' 2>&1 | grep -v '^WARNING: Location' || true
-  # the example site plugin is installed like a site would install its own (tests use it)
-  "$VENV/bin/python" -m pip install -q -e examples/site-plugin 2>&1 | grep -v "^WARNING: Location" || true
+  local log="$VENV/pip.log"
+  : > "$log"
+  "$VENV/bin/python" -m pip install -q --upgrade pip >>"$log" 2>&1 || true
+  # rehost with its dev tools; the example site plugin is installed the way a site installs
+  # its own (tests use it)
+  if ! "$VENV/bin/python" -m pip install -q -e '.[dev]' -e examples/site-plugin >>"$log" 2>&1
+  then
+    cat "$log" >&2
+    echo "dev.sh: pip install failed (log above, also in $log)" >&2
+    exit 1
+  fi
   "$VENV/bin/python" -c 'import rehost.core.cli, libvirt, pluggy' \
     || { echo "dev.sh: the venv is broken" >&2; exit 1; }
 }
