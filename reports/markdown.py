@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rehost.hooks import hookimpl
 from rehost.reports.collect import campaign_report
@@ -12,12 +13,18 @@ from rehost.reports.render import render, write
 if TYPE_CHECKING:
     from rehost.core.campaign import Campaign
 
-__all__ = ["campaign_report", "rehost_report"]
+__all__ = ["campaign_report", "rehost_report", "render_markdown"]
+
+
+def render_markdown(report: dict[str, Any], template_dir: str | None = None) -> str:
+    """The Markdown text, blank lines left by the template's conditionals folded away."""
+    text = render("report.md.j2", report, template_dir)
+    return re.sub(r"\n{3,}", "\n\n", text).rstrip("\n") + "\n"
 
 
 @hookimpl
 def rehost_report(ctx: Campaign, outdir: str, formats: list[str]) -> list[str]:
     if "md" not in formats:
         return []
-    text = render("report.md.j2", campaign_report(ctx), ctx.config.report.template_dir)
+    text = render_markdown(campaign_report(ctx), ctx.config.report.template_dir)
     return [write(Path(outdir) / "report.md", text)]

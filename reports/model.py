@@ -162,6 +162,8 @@ def _rules(phase: str, result: Any) -> list[dict[str, str]]:
         return []
     out = []
     for action, records in result.items():
+        if not isinstance(records, (list, dict)):
+            continue  # a note such as the strategy's name, not a rule
         for rec in records if isinstance(records, list) else [records]:
             out.append({"phase": phase, "action": str(action), "detail": _summarize(rec)})
     return out
@@ -233,6 +235,8 @@ def build_report(journal: Journal, *, campaign: str, storage: str, allocation: s
     """
     vms = [_vm(journal, row) for row in journal.vm_rows()]
     camp, camp_errors = _stages(journal, None)
+    if camp and camp[-1]["stage"] == "report" and camp[-1]["outcome"] == "running":
+        camp.pop()  # the stage writing this very report: not news to its reader
     fence = journal.get("fenced")
     unfence = next((s["result"] for s in reversed(camp)
                     if s["stage"] == "unfence" and s["outcome"] == "done"), None)
