@@ -287,6 +287,7 @@ def confirm(ctx: Campaign, only: list[str] | None = None) -> dict[str, Any]:
             out[vm.label or vm.name] = "not verified: backups kept"
             continue
         result = _run_vm_stage(ctx, vm, "cleanup")
+        ctx.journal.set_status(vm.name, "done")
         out[vm.label or vm.name] = {"deleted": result.get("deleted", [])}
     write_report(ctx)
     return out

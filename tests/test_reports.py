@@ -354,6 +354,80 @@ def test_many_vms_keep_the_timeline_readable(tmp_path: Path, clock: Clock) -> No
     assert r["totals"]["failed"] == 1 and "vm042" in html[:html.index("<svg")]
 
 
+SITE = """
+[campaign]
+name = "dc1"
+state_dir = "state"
+
+[abiquo]
+url = "http://127.0.0.1:9/api"
+user = "admin"
+password_file = "abiquo.password"
+
+[hosts.c5-a]
+address = "198.18.250.10"
+role = "source"
+uri = "test://{empty}"
+
+[hosts.c5-b]
+address = "198.18.250.11"
+role = "source"
+uri = "test:///default"
+
+[hosts.c6-a]
+address = "198.18.250.12"
+role = "target"
+
+[storage]
+strategy = "scp"
+
+[allocation]
+strategy = "loadlevel"
+"""
+
+
+def test_rehost_report_writes_every_format_from_the_journal(tmp_path: Path,
+                                                            clock: Clock) -> None:
+    """`rehost report` through the real command line and the built-in reporter plugins. The
+    source hosts are libvirt's test driver: c5-a has no domain left, c5-b still has one."""
+    from tests.campaign_helpers import rehost
+
+    empty = tmp_path / "empty-node.xml"
+    empty.write_text("<node></node>")
+    (tmp_path / "site.toml").write_text(SITE.format(empty=empty))
+    (tmp_path / "abiquo.password").write_text(SECRET + "\n")
+    j = Journal(tmp_path / "state")
+    j.record(None, "preflight", "start")  # an earlier try, refused with the password in it
+    j.record(None, "preflight", "error", {"error": f"login admin:{SECRET} refused"})
+    j.close()
+    campaign(tmp_path, clock, ["web01", "db01"]).close()
+
+    out = tmp_path / "out"
+    res = rehost("report", "-c", str(tmp_path / "site.toml"), "-o", str(out))
+    assert res.returncode == 0, res.stdout + res.stderr
+    written = sorted(Path(p).name for p in res.stdout.split())
+    assert written == ["report.html", "report.json", "report.md"]
+    data = json.loads((out / "report.json").read_text())
+    validate(data)
+    assert [v["label"] for v in data["vms"]] == ["web01", "db01"]
+    hosts = {h["name"]: h for h in data["hosts"]}
+    assert hosts["c5-a"]["domains_left"] == [] and hosts["c5-a"]["emptied"]
+    assert hosts["c5-b"]["domains_left"] == ["test"] and not hosts["c5-b"]["emptied"]
+    assert data["hosts_emptied"] == ["c5-a"]
+    assert data["campaign_errors"][0]["error"] == f"login admin:{REDACTED} refused"
+    md = (out / "report.md").read_text()
+    assert "- c5-a: no VM left to move; ready to reinstall as CentOS 6 once its 2 backup(s)" in md
+    assert "Still in use: c5-b (test)" in md
+    for f in out.iterdir():
+        assert SECRET not in f.read_text(), f"the password is in {f.name}"
+
+    only = tmp_path / "only-json"
+    res = rehost("report", "-c", str(tmp_path / "site.toml"), "--format", "json",
+                 "-o", str(only))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert [p.name for p in only.iterdir()] == ["report.json"]
+
+
 # -- a real browser ----------------------------------------------------------------------------
 
 
