@@ -348,7 +348,7 @@ def test_many_vms_keep_the_timeline_readable(tmp_path: Path, clock: Clock) -> No
     validate(r)
     html = render_html(r)
     svg = html[html.index("<svg"):html.index("</svg>")]
-    height = int(re.search(r'<svg[^>]* height="(\d+)"', svg).group(1))  # type: ignore[union-attr]
+    height = int(re.search(r'<svg[^>]* viewBox="0 0 \d+ (\d+)"', svg).group(1))  # type: ignore[union-attr]
     assert 1400 <= height <= 1600, "rows shrink to keep 100 VMs on about one screen"
     assert all(f">{label}</text>" in svg for label in labels)
     assert r["totals"]["failed"] == 1 and "vm042" in html[:html.index("<svg")]
