@@ -74,6 +74,9 @@ def run_one(strategy: str, size: int, data: int) -> dict[str, object]:
 
 
 def main() -> None:
+    from loguru import logger
+
+    logger.remove()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size-mib", type=int, default=2048)
     ap.add_argument("--data-mib", type=int, default=100)
