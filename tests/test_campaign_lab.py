@@ -270,3 +270,35 @@ def test_a_failed_vm_stops_safely_and_the_others_go_on(make_lab, tmp_path: Path)
     report = Path(st.root / "reports" / "report.md").read_text()
     assert "failed in stage `transfer`" in report
     assert "X_BACK on the source datastore" in report
+
+
+CORRUPTING_PLUGIN = '''
+from rehost.hooks import hookimpl
+
+@hookimpl
+def rehost_stage_finish(stage, vm, ctx, result):
+    # fault injection: a disk damaged on the target after the swap
+    if vm is not None and vm.label == "bad" and stage == "swap_disks":
+        path = vm.file_disks()[0].source
+        ctx.shell(vm.target_host).run(["dd", "if=/dev/zero", "of=" + path, "bs=512",
+                                       "count=1", "conv=notrunc"])
+'''
+
+
+def test_verify_catches_a_damaged_disk_and_keeps_the_backup(make_lab, tmp_path: Path) -> None:
+    st = make_lab(SMALL_LAB)
+    plugin = tmp_path / "corrupt.py"
+    plugin.write_text(CORRUPTING_PLUGIN)
+    add_to_site_config(st, f'[plugins]\nfiles = ["{plugin}"]')
+
+    res = rehost("run", "-c", str(st.site_config), "--vm", "bad", "--delete-backups")
+    assert res.returncode == 1, res.stdout + res.stderr
+    import json
+
+    row = json.loads(rehost("status", "-c", str(st.site_config), "--json").stdout)["vms"][0]
+    assert row["status"] == "failed" and row["stage"] == "verify"
+    assert "the user's disk had" in row["error"]
+    # cleanup never ran: the user's disk is still on the source host, intact
+    bad = st.vm("bad")
+    src = shell(st, "c5-a")
+    assert src.checksum(bad["disks"][0]["path"] + "_BACK", "sha1") == bad["disks"][0]["sha1"]

@@ -142,29 +142,8 @@ class DatastoreStrategy:
         state = ctx.hypervisor(tgt).state(vm.name)
         if state != "running":
             raise PreconditionError(f"{vm.name} is {state} on {tgt}, not running")
-        sh = ctx.shell(tgt)
-        preserved = {d["path"]: d for d in (vm.facts.get("preserve_disks") or {}).get("disks",
-                                                                                       [])}
-        checked = []
-        for disk in vm.file_disks():
-            path = disk.source or ""
-            before = preserved.get(path)
-            if before is None:
-                raise PreconditionError(f"no record of {path} before the move: cannot verify")
-            st = sh.stat(path)
-            if st.size != before["size"]:
-                raise PreconditionError(f"{path} on {tgt} is {st.size} bytes, the user's disk "
-                                        f"was {before['size']}")
-            entry: dict[str, Any] = {"path": path, "size": st.size, "allocated": st.allocated}
-            if "checksum" in before:
-                got = sh.checksum(path, before["algorithm"])
-                if got != before["checksum"]:
-                    raise PreconditionError(
-                        f"{path} on {tgt} has {before['algorithm']} {got}, the user's disk "
-                        f"had {before['checksum']}")
-                entry["checksum"] = got
-                entry["algorithm"] = before["algorithm"]
-            checked.append(entry)
+        checked = [self.matches_user_disk(vm, ctx, tgt, disk, disk.source or "")
+                   for disk in vm.file_disks()]
         return {"ok": True, "host": tgt, "state": state, "disks": checked,
                 "method": self.verify_mode}
 
@@ -191,23 +170,30 @@ class DatastoreStrategy:
 
     def check_arrived(self, vm: VM, ctx: Campaign, host: str, disk: Disk) -> dict[str, Any]:
         """The copy of ``X_BACK`` on ``host`` has the user's size (and checksum)."""
-        back = backup_path(disk)
-        before = {d["path"]: d for d in (vm.facts.get("preserve_disks") or {}).get("disks", [])}
-        rec = before.get(disk.source or "")
+        return self.matches_user_disk(vm, ctx, host, disk, backup_path(disk))
+
+    def matches_user_disk(self, vm: VM, ctx: Campaign, host: str, disk: Disk,
+                          path: str) -> dict[str, Any]:
+        """``path`` on ``host`` has the size (and checksum) the user's disk had when it was
+        preserved; raises :class:`PreconditionError` otherwise."""
+        preserved = (vm.facts.get("preserve_disks") or {}).get("disks", [])
+        rec = next((d for d in preserved if d["path"] == disk.source), None)
         if rec is None:
-            raise PreconditionError(f"{disk.source} was not preserved: nothing to transfer")
+            raise PreconditionError(f"{disk.source} has no record from preserve_disks: "
+                                    "nothing to compare it with")
         sh = ctx.shell(host)
-        st = sh.stat(back)
+        st = sh.stat(path)
         if st.size != rec["size"]:
-            raise PreconditionError(f"{back} on {host} is {st.size} bytes, expected "
-                                    f"{rec['size']}")
-        out: dict[str, Any] = {"path": back, "size": st.size, "allocated": st.allocated}
+            raise PreconditionError(f"{path} on {host} is {st.size} bytes, the user's disk "
+                                    f"was {rec['size']}")
+        out: dict[str, Any] = {"path": path, "size": st.size, "allocated": st.allocated}
         if "checksum" in rec:
-            got = sh.checksum(back, rec["algorithm"])
+            got = sh.checksum(path, rec["algorithm"])
             if got != rec["checksum"]:
-                raise PreconditionError(f"{back} on {host}: {rec['algorithm']} {got} differs "
-                                        f"from the source's {rec['checksum']}")
+                raise PreconditionError(f"{path} on {host} has {rec['algorithm']} {got}, the "
+                                        f"user's disk had {rec['checksum']}")
             out["checksum"] = got
+            out["algorithm"] = rec["algorithm"]
         return out
 
 
