@@ -82,7 +82,8 @@ def _disks(data: dict[str, Any], by: dict[str, dict[str, Any]]) -> list[dict[str
     verified = {d.get("path"): d for d in result("verify").get("disks", [])}
     if not preserved:  # not preserved yet: what the domain XML listed
         return [{"path": d.get("source"), "backup": None, "format": d.get("format"),
-                 "size": None, "allocated": None, "bytes_moved": 0, "checksum": None,
+                 "size": None, "virtual_size": None, "allocated": None, "bytes_moved": 0,
+                 "checksum": None,
                  "algorithm": None, "checksum_verified": False}
                 for d in data.get("disks", []) if d.get("type", "file") == "file"]
     out = []
@@ -91,7 +92,8 @@ def _disks(data: dict[str, Any], by: dict[str, dict[str, Any]]) -> list[dict[str
                      transferred[i] if i < len(transferred) else {})
         check = verified.get(d.get("path")) or {}
         out.append({"path": d.get("path"), "backup": d.get("backup"), "format": d.get("format"),
-                    "size": d.get("size"), "allocated": d.get("allocated"),
+                    "size": d.get("size"), "virtual_size": d.get("virtual_size"),
+                    "allocated": d.get("allocated"),
                     "bytes_moved": int(moved.get("bytes", 0) or 0),
                     "checksum": d.get("checksum"), "algorithm": d.get("algorithm"),
                     "checksum_verified": bool(d.get("checksum"))

@@ -164,6 +164,11 @@ def test_scp_campaign_moves_every_vm_and_restores_the_rules(
     for v in st.data["vms"]:
         assert v["name"] in report and v["uuid"] in report
     assert "c5-a: no VM left to move" in report
+    import json
+
+    data = json.loads(Path(st.root / "reports" / "report.json").read_text())
+    sizes = {d["path"]: d["virtual_size"] for v in data["vms"] for d in v["disks"]}
+    assert sizes == {d["path"]: d["size"] for v in st.data["vms"] for d in v["disks"]}
 
     # `rehost confirm` deletes the backups of verified VMs, and only those
     conf = rehost("confirm", "-c", str(st.site_config))
@@ -175,8 +180,6 @@ def test_scp_campaign_moves_every_vm_and_restores_the_rules(
     assert_moved(st)
 
     status = rehost("status", "-c", str(st.site_config), "--json")
-    import json
-
     rows = json.loads(status.stdout)["vms"]
     assert {r["status"] for r in rows} == {"done"}
     assert {r["target_host"] for r in rows} == {"c6-a"}

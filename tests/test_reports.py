@@ -79,7 +79,8 @@ def stage_result(vm: VMRecord, stage: str, data_mib: int, target: str) -> dict[s
         vm.target_host = target
         return {"host": target, "how": "abiquo"}
     if stage == "preserve_disks":
-        return {"disks": [{"path": path, "backup": back, "size": size, "allocated": allocated,
+        return {"disks": [{"path": path, "backup": back, "size": size, "virtual_size": size,
+                           "allocated": allocated,
                            "format": "raw", "checksum": f"sha1-of-{vm.label}",
                            "algorithm": "sha1"}], "untouched": []}
     if stage == "transfer":
@@ -186,7 +187,8 @@ def test_a_successful_campaign_says_where_each_vm_went_and_how_long_it_was_down(
     assert web["verified"] and web["checksum_verified"]
     assert web["disks"] == [{"path": "/var/lib/virt/web01.img",
                              "backup": "/var/lib/virt/web01.img_BACK", "format": "raw",
-                             "size": 1024 * MIB, "allocated": 10 * MIB,
+                             "size": 1024 * MIB, "virtual_size": 1024 * MIB,
+                             "allocated": 10 * MIB,
                              "bytes_moved": 10 * MIB, "checksum": "sha1-of-web01",
                              "algorithm": "sha1", "checksum_verified": True}]
     assert [s["stage"] for s in web["stages"]] == list(VM_STAGES)

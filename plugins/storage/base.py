@@ -12,6 +12,7 @@ Destructive steps check their precondition first:
 
 from __future__ import annotations
 
+import re
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,7 @@ from rehost.core.model import VM, Disk, Finding
 
 if TYPE_CHECKING:
     from rehost.core.campaign import Campaign
+    from rehost.core.remote import Shell
 
 BACK_SUFFIX = "_BACK"
 
@@ -87,6 +89,7 @@ class DatastoreStrategy:
             sh.rename(disk.source or "", back)
             st = sh.stat(back)
             entry: dict[str, Any] = {"path": disk.source, "backup": back, "size": st.size,
+                                     "virtual_size": virtual_size(sh, back, disk, st.size),
                                      "allocated": st.allocated, "target": disk.target,
                                      "format": disk.format}
             if self.verify_mode == "checksum":
@@ -195,6 +198,19 @@ class DatastoreStrategy:
             out["checksum"] = got
             out["algorithm"] = rec["algorithm"]
         return out
+
+
+VIRTUAL_SIZE = re.compile(r"virtual size:.*\((\d+) bytes\)")
+
+
+def virtual_size(sh: Shell, path: str, disk: Disk, file_size: int) -> int | None:
+    """The size the guest sees: the file's size for raw, ``qemu-img info`` for an image
+    format (its text output, which every qemu-img since CentOS 5's prints)."""
+    if disk.format in (None, "raw"):
+        return file_size
+    out = sh.run(["qemu-img", "info", "-f", disk.format, path], check=False).stdout
+    found = VIRTUAL_SIZE.search(out)
+    return int(found.group(1)) if found else None
 
 
 def _source(vm: VM) -> str:
