@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from loguru import logger
 
 from rehost.core.config import SiteConfig
-from rehost.core.errors import ConfigError
+from rehost.core.errors import ConfigError, RehostError
 from rehost.core.journal import Journal
 from rehost.core.model import VM, Host, HostFacts
 from rehost.core.plugins import PluginManager, build_plugin_manager
@@ -57,6 +57,7 @@ class Campaign:
                                     level="DEBUG", enqueue=False)
         self.vms: list[VM] = []
         self.fenced: dict[str, Any] | None = None
+        self.discovered: list[Host] | None = None
         self._lock = threading.RLock()
         self._shells: dict[str, Shell] = {}
         # one ssh connection per host for all of the campaign's commands (ControlMaster);
@@ -70,6 +71,40 @@ class Campaign:
         self._facts: dict[str, HostFacts] = {}
         self._abiquo: AbiquoClient | None = None
         self._strategies: dict[str, Any] = {}
+
+    # -- hosts discovered from Abiquo ---------------------------------------------------------
+
+    def discover_hosts(self) -> list[Host]:
+        """With ``discover = true`` under [abiquo]: every KVM machine of Abiquo that the site
+        config does not name becomes a host, reached by its ip over ssh; its role comes from
+        its /etc/redhat-release (CentOS 5: source, CentOS 6: target, else left out)."""
+        from rehost.core.hypervisor import parse_centos_release
+
+        found: list[Host] = []
+        known = {h.address for h in self.config.hosts.values()}
+        for m in self.abiquo.machines():
+            if (m.type or "KVM").upper() != "KVM" or not m.ip or m.ip in known:
+                continue
+            name = m.name or m.ip
+            probe = Host(name=name, address=m.ip, datastore="/var/lib/virt")
+            self.config.hosts[name] = probe
+            try:
+                release = self.shell(name).read_text("/etc/redhat-release")
+            except RehostError as exc:
+                self.log.warning("discover: machine {} ({}) not reachable over ssh: {}", name,
+                                 m.ip, exc)
+                del self.config.hosts[name]
+                self._shells.pop(name, None)
+                continue
+            major, _ = parse_centos_release(release)
+            if major not in (5, 6):
+                self.log.warning("discover: machine {} runs {}: neither source nor target",
+                                 name, release.strip())
+                del self.config.hosts[name]
+                continue
+            probe.role = "source" if major == 5 else "target"
+            found.append(probe)
+        return found
 
     # -- strategies ---------------------------------------------------------------------------
 
@@ -122,8 +157,25 @@ class Campaign:
         with self._lock:
             if key not in self._hypervisors:
                 h = self.host(host)
-                self._hypervisors[key] = Hypervisor(h.libvirt_uri(), name=h.name)
+                uri = h.uri or self._ssh_uri(h)
+                self._hypervisors[key] = Hypervisor(uri, name=h.name)
             return self._hypervisors[key]
+
+    def _ssh_uri(self, h: Host) -> str:
+        """qemu+ssh with the campaign's ssh settings: libvirt's ssh transport takes no
+        ssh_config, so it runs a small ssh wrapper that adds them (and shares the
+        campaign's connection to the host)."""
+        uri = h.libvirt_uri()
+        options = self.ssh.argv()
+        if not options or self._control_dir is None:
+            return uri
+        wrapper = Path(self._control_dir) / "ssh"
+        if not wrapper.exists():
+            from rehost.core.remote import quote_argv
+
+            wrapper.write_text(f'#!/bin/sh\nexec {quote_argv(["ssh", *options])} "$@"\n')
+            wrapper.chmod(0o700)
+        return f"{uri}&command={wrapper}"
 
     def facts(self, host: str, refresh: bool = False) -> HostFacts:
         with self._lock:

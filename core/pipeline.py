@@ -98,6 +98,8 @@ def select_vms(ctx: Campaign) -> list[VM]:
 
 def make_plan(ctx: Campaign, only: list[str] | None = None) -> Plan:
     """Select the VMs and run the preflight (read-only)."""
+    if ctx.config.abiquo is not None and ctx.config.abiquo.discover and not ctx.discovered:
+        ctx.discovered = ctx.discover_hosts()
     vms = select_vms(ctx)
     if only:
         wanted = set(only)

@@ -1,0 +1,102 @@
+"""Preflight: the compatibility table, and in the lab: critical findings stop a run before
+anything changes; hosts discovered from Abiquo."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from rehost.core.model import HostFacts
+from rehost.plugins.preflight import check_compatibility
+from tests.campaign_helpers import abiquo, rehost, rules_snapshot
+
+TWO_HOST_LAB = """
+[lab]
+name = "preflight"
+
+[[hosts]]
+name = "c5-a"
+os = "centos-5.11"
+
+[[hosts]]
+name = "c6-a"
+os = "centos-6.4"
+
+[[vms]]
+name = "only"
+host = "c5-a"
+disks = [{ size_mib = 16, format = "raw", data_mib = 1 }]
+"""
+
+
+def facts(version: str) -> HostFacts:
+    major = int(version.split(".")[0])
+    return HostFacts("h", f"CentOS release {version} (Final)", major, version, "0.10.2",
+                     "0.12.1", 8, 16384)
+
+
+@pytest.mark.parametrize(("abiquo_version", "centos", "critical"), [
+    ("2.4", "6.3", False),
+    ("2.4", "6.4", True),   # 6.4 needs Abiquo 2.6
+    ("2.6", "6.4", False),
+    ("2.6", "6.3", False),
+    ("2.6", "6.5", True),
+    ("2.4", "5.11", True),
+])
+def test_compatibility_table(abiquo_version: str, centos: str, critical: bool) -> None:
+    found = check_compatibility(abiquo_version, facts(centos), None)
+    assert any(f.severity == "critical" for f in found) is critical
+    assert any(f.code == "aim-version" and f.severity == "info" for f in found)
+
+
+def test_aim_version_must_match_the_abiquo_version() -> None:
+    assert not [f for f in check_compatibility("2.6", facts("6.4"), "2.1.4")
+                if f.severity == "critical"]
+    bad = check_compatibility("2.6", facts("6.4"), "1.5.3")
+    assert [f.message for f in bad if f.severity == "critical"] == [
+        "Abiquo 2.6 needs AIM 2.1.4, the config says 1.5.3"]
+
+
+@pytest.mark.lab
+@pytest.mark.slow
+def test_a_critical_finding_stops_the_run_before_anything_changes(make_lab) -> None:
+    st = make_lab(TWO_HOST_LAB)
+    cfg = st.site_config.read_text().replace('version = "2.6"', 'version = "2.4"')
+    st.site_config.write_text(cfg)
+    before = rules_snapshot(st)
+
+    plan = rehost("plan", "-c", str(st.site_config))
+    assert plan.returncode == 1
+    assert "critical [compatibility] Abiquo 2.4 supports CentOS 6.3.x" in plan.stdout
+
+    res = rehost("run", "-c", str(st.site_config))
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "nothing was changed" in res.stderr
+    assert rules_snapshot(st) == before
+    only = st.vm("only")
+    with abiquo(st) as client:
+        avm = client.find_vm(uuid=only["uuid"])
+        assert avm.state == "ON"
+        assert client.vm_machine(avm).ip == st.host("c5-a")["address"]
+
+
+@pytest.mark.lab
+@pytest.mark.slow
+def test_hosts_discovered_from_abiquo(make_lab) -> None:
+    st = make_lab(TWO_HOST_LAB)
+    cfg = st.site_config.read_text()
+    # no [hosts.*] tables: rehost asks Abiquo for its machines and their releases
+    cfg = re.sub(r'\[hosts\."[^"]+"\]\n(?:[a-z_]+ = .*\n)+', "", cfg)
+    cfg = cfg.replace("[abiquo]\n", "[abiquo]\ndiscover = true\n")
+    assert "[hosts." not in cfg
+    st.site_config.write_text(cfg)
+
+    plan = rehost("plan", "-c", str(st.site_config), "--json")
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    data = json.loads(plan.stdout)
+    assert data["targets"] == ["c6-a"]
+    assert [(v["uuid"], v["source_host"]) for v in data["vms"]] == [
+        (st.vm("only")["uuid"], "c5-a")]
+    assert not [f for f in data["findings"] if f["severity"] == "critical"]
