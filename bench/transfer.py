@@ -80,7 +80,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size-mib", type=int, default=2048)
     ap.add_argument("--data-mib", type=int, default=100)
-    ap.add_argument("--strategies", default="scp,site-rsync")
+    ap.add_argument("--strategies", default="scp,site-rsync,tar")
     args = ap.parse_args()
     rows = [run_one(s, args.size_mib, args.data_mib) for s in args.strategies.split(",")]
     print(f"one VM, raw disk of {args.size_mib} MiB holding {args.data_mib} MiB of data")

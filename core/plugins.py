@@ -32,6 +32,7 @@ BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
     ("storage", "rehost.plugins.storage"),
     ("storage-shared", "rehost.plugins.storage.shared"),
     ("storage-scp", "rehost.plugins.storage.scp"),
+    ("storage-tar", "rehost.plugins.storage.tar"),
     ("allocation", "rehost.plugins.allocation"),
     ("allocation-performance", "rehost.plugins.allocation.performance"),
     ("allocation-loadlevel", "rehost.plugins.allocation.loadlevel"),

@@ -305,3 +305,22 @@ def test_verify_catches_a_damaged_disk_and_keeps_the_backup(make_lab, tmp_path: 
     bad = st.vm("bad")
     src = shell(st, "c5-a")
     assert src.checksum(bad["disks"][0]["path"] + "_BACK", "sha1") == bad["disks"][0]["sha1"]
+
+
+def test_tar_strategy_moves_only_the_data_and_keeps_the_disk_thin(make_lab) -> None:
+    st = make_lab(SMALL_LAB)
+    from rehost.lab.siteconfig import write_site_config
+
+    write_site_config(st, storage="tar")
+    res = rehost("run", "-c", str(st.site_config), "--vm", "good")
+    assert res.returncode == 0, res.stdout + res.stderr
+    good = st.vm("good")
+    disk = good["disks"][0]
+    target = shell(st, "c6-a")
+    assert target.checksum(disk["path"], "sha1") == disk["sha1"]
+    on_target = target.stat(disk["path"])
+    assert on_target.size == disk["size"]
+    assert on_target.allocated < disk["size"] // 8, "the copy filled the holes"
+    transfer = journal_results(st, good["domain"], "transfer")
+    assert transfer["strategy"] == "tar"
+    assert transfer["bytes"] < disk["size"] // 8

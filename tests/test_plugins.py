@@ -146,7 +146,7 @@ def test_an_unknown_configured_strategy_says_which_to_choose(tmp_path: Path) -> 
     manager = build_plugin_manager(entry_points=False)
     with pytest.raises(ConfigError) as err:
         Campaign(cfg, manager)
-    assert str(err.value) == "unknown storage strategy 'rsynk': choose one of scp, shared"
+    assert str(err.value) == "unknown storage strategy 'rsynk': choose one of scp, shared, tar"
     assert err.value.exit_code == 2
 
     # the operator sees the same through the command line, with exit code 2
