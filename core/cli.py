@@ -318,6 +318,37 @@ def confirm_cmd(config_path: str, vms: tuple[str, ...]) -> None:
             click.echo(f"{name}: {what}")
 
 
+@main.command("rollback")
+@config_option
+@click.option("--vm", "vms", multiple=True, required=True, metavar="NAME",
+              help="The VM to put back (domain name, uuid or Abiquo name); repeatable.")
+@handle_errors
+def rollback_cmd(config_path: str, vms: tuple[str, ...]) -> None:
+    """Put VMs that stopped part-way back on their source (CentOS 5) host, running on the
+    user's own disks, checked against the checksums taken when they were preserved.
+
+    Exit code 1 when a VM could not be put back (it is left at a safe point, and the report
+    says where its disks are)."""
+    from rehost.core.pipeline import rollback
+
+    ctx = _campaign(config_path, progress=False)
+    try:
+        done = rollback(ctx, list(vms))
+    finally:
+        ctx.close()
+    failed = False
+    for name, what in done.items():
+        if isinstance(what, dict):
+            click.echo(f"{name}: back on {what['host']}")
+            for step in what.get("steps", []):
+                click.echo(f"    {step}")
+        else:
+            failed = failed or what.startswith("rollback failed")
+            click.echo(f"{name}: {what}")
+    if failed:
+        sys.exit(1)
+
+
 @main.command("report")
 @config_option
 @click.option("--format", "formats", multiple=True, type=click.Choice(["html", "md", "json"]),

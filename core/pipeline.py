@@ -293,3 +293,45 @@ def confirm(ctx: Campaign, only: list[str] | None = None) -> dict[str, Any]:
         out[vm.label or vm.name] = {"deleted": result.get("deleted", [])}
     write_report(ctx)
     return out
+
+
+def rollback(ctx: Campaign, names: list[str]) -> dict[str, Any]:
+    """Put VMs that stopped part-way back on their source hosts (the ``rollback`` stage)."""
+    if ctx.journal.get("fenced") is not None and not ctx.journal.get("unfenced"):
+        from rehost.core.errors import PreconditionError
+
+        raise PreconditionError("the campaign is still fenced (a run is going on, or was "
+                                "interrupted: `rehost resume` it first)")
+    rows = {r["name"]: r for r in ctx.journal.vm_rows()}
+    out: dict[str, Any] = {}
+    for name in names:
+        row = next((r for r in rows.values()
+                    if name in (r["name"], r["uuid"], r["vm"].get("label"))), None)
+        if row is None:
+            from rehost.core.errors import ConfigError
+
+            raise ConfigError(f"--vm {name!r} is not a VM of this campaign's journal")
+        vm = VM.from_dict(row["vm"])
+        if row["status"] in ("done", "rolled_back", "pending"):
+            out[vm.label or vm.name] = f"{row['status']}: nothing to roll back"
+            continue
+        ctx.journal.record(vm, "rollback", "start")
+        ctx.hooks.stage_start("rollback", vm, ctx)
+        try:
+            result = ctx.hooks.rollback_vm(vm, ctx)
+            if result is None:
+                raise PluginError("no plugin rolls VMs back (rehost_rollback_vm)")
+        except Exception as exc:
+            ctx.journal.record(vm, "rollback", "error", {"error": str(exc)})
+            ctx.journal.set_status(vm.name, "failed", f"rollback: {exc}")
+            ctx.hooks.stage_error("rollback", vm, ctx, exc)
+            out[vm.label or vm.name] = f"rollback failed: {exc}"
+            continue
+        vm.facts["rollback"] = result
+        ctx.journal.record(vm, "rollback", "finish", result)
+        ctx.journal.set_status(vm.name, "rolled_back")
+        ctx.hooks.stage_finish("rollback", vm, ctx, result)
+        ctx.hooks.notify(vm, ctx, "downtime_end")
+        out[vm.label or vm.name] = result
+    write_report(ctx)
+    return out

@@ -38,6 +38,7 @@ BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
     ("allocation-loadlevel", "rehost.plugins.allocation.loadlevel"),
     ("allocation-halt", "rehost.plugins.allocation.halt"),
     ("preflight", "rehost.plugins.preflight"),
+    ("rollback", "rehost.plugins.rollback"),
     ("report-markdown", "rehost.reports.markdown"),
     ("report-html", "rehost.reports.html"),
     ("report-json", "rehost.reports.json_report"),
@@ -272,6 +273,10 @@ class Hooks:
         if caller is None:
             raise PluginError(f"no hook performs stage {stage!r}")
         return caller(vm=vm, ctx=ctx)
+
+    def rollback_vm(self, vm: VM, ctx: Campaign) -> dict[str, Any] | None:
+        result: dict[str, Any] | None = self._hook.rehost_rollback_vm(vm=vm, ctx=ctx)
+        return result
 
     def report(self, ctx: Campaign, outdir: str, formats: list[str]) -> list[str]:
         paths: list[str] = []

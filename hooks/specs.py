@@ -316,6 +316,27 @@ def rehost_vm_cleanup(vm: VM, ctx: Campaign) -> dict[str, Any] | None:
     Stops at first non-None result."""
 
 
+@hookspec(firstresult=True)
+def rehost_rollback_vm(vm: VM, ctx: Campaign) -> dict[str, Any] | None:
+    """Put a VM that stopped part-way back on its source host, running on the user's own
+    disks (``rehost rollback``). Stops at first non-None result.
+
+    Whatever stage the VM stopped in, the implementation must first make sure the user's disks
+    are safe under their ``_BACK`` names on the source datastore, then bring the VM back there
+    and check its disks against the checksums ``preserve_disks`` recorded.
+
+    :param vm: the VM, as the journal knows it (its ``facts`` hold every stage's result).
+    :param ctx: the campaign.
+    :return: what was done (JSON-serialisable), journaled as the ``rollback`` stage.
+
+    Example::
+
+        @hookimpl
+        def rehost_rollback_vm(vm, ctx):
+            return my_control_plane.put_back(vm)
+    """
+
+
 # ---------------------------------------------------------------------------------------------
 # reports
 # ---------------------------------------------------------------------------------------------

@@ -106,6 +106,9 @@ def _vm(journal: Journal, row: dict[str, Any]) -> dict[str, Any]:
     stages, errors = _stages(journal, row["name"])
     by = {s["stage"]: s for s in stages}
     power_off, start = by.get("power_off"), by.get("start")
+    rollback = by.get("rollback")
+    if rollback and rollback["outcome"] == "done":
+        start = rollback  # back on its source host: the downtime ended there
     down_from = power_off["start"] if power_off else None
     down_to = start["end"] if start and start["outcome"] == "done" else None
     transfer = (by.get("transfer") or {}).get("result") or {}
@@ -113,8 +116,8 @@ def _vm(journal: Journal, row: dict[str, Any]) -> dict[str, Any]:
     cleanup = by.get("cleanup") or {}
     disks = _disks(data, by)
     failed = next((s for s in stages if s["outcome"] == "failed"), None)
-    if cleanup.get("outcome") == "done":
-        pending = list((cleanup.get("result") or {}).get("pending", []))
+    if cleanup.get("outcome") == "done" or (rollback and rollback["outcome"] == "done"):
+        pending = list(((cleanup or rollback or {}).get("result") or {}).get("pending", []))
     else:  # not cleaned up: every X_BACK made is still there
         pending = [d["backup"] for d in disks if d["backup"]]
     return {
@@ -251,7 +254,7 @@ def build_report(journal: Journal, *, campaign: str, storage: str, allocation: s
     transfer_seconds = sum(v["transfer_seconds"] or 0 for v in vms)
     bytes_moved = sum(v["bytes_moved"] for v in vms)
     failed = [v for v in vms if v["outcome"] == "failed"]
-    unfinished = [v for v in vms if v["outcome"] in ("pending", "running")]
+    unfinished = [v for v in vms if v["outcome"] in ("pending", "running", "interrupted")]
     report = {
         "schema_version": SCHEMA_VERSION,
         "generated": _iso(now if now is not None else time.time()),
