@@ -197,7 +197,8 @@ class Campaign:
                     raise ConfigError("this campaign needs an [abiquo] section in the site "
                                       "config")
                 self._abiquo = AbiquoClient(
-                    a.url, a.user, a.password(), version=a.version, verify_tls=a.verify_tls,
+                    a.url, a.user, a.password(), version=a.version,
+                    verify_tls=(a.ca_file or True) if a.verify_tls else False,
                     timeout=a.timeout, task_timeout=self.config.campaign.task_timeout)
             return self._abiquo
 

@@ -21,7 +21,8 @@ Example (every key; see README.md and `rehost lab up` for a working one)::
     user = "admin"
     password_file = "/etc/rehost/abiquo.password"   # or password_env = "ABIQUO_PASSWORD"
     version = "2.6"
-    verify_tls = true
+    verify_tls = true                      # false: no TLS verification (not advised)
+    ca_file = "/etc/rehost/abiquo-ca.pem"  # optional: the CA that signed Abiquo's certificate
     aim_version = "2.1.4"
 
     [hosts.kvm05]                          # or discover = true under [abiquo]
@@ -80,6 +81,7 @@ class AbiquoConfig:
     password_env: str | None = None
     version: str = "2.6"
     verify_tls: bool = True
+    ca_file: str | None = None
     timeout: float = 30.0
     aim_version: str | None = None
     discover: bool = False
@@ -260,6 +262,7 @@ def parse_config(text: str, path: str = "<string>") -> SiteConfig:
             password_env=_get("abiquo", a, "password_env", str),
             version=version,
             verify_tls=_get("abiquo", a, "verify_tls", bool, True),
+            ca_file=resolve(_get("abiquo", a, "ca_file", str)),
             timeout=_positive("abiquo", "timeout", _get("abiquo", a, "timeout", float, 30.0)),
             aim_version=_get("abiquo", a, "aim_version", str),
             discover=_get("abiquo", a, "discover", bool, False),
