@@ -20,7 +20,7 @@ DATACENTERS = {"links": [], "totalSize": 1,
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+    def do_GET(self) -> None:
         body = json.dumps(DATACENTERS).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/vnd.abiquo.datacenters+json")
