@@ -170,6 +170,16 @@ def test_scp_campaign_moves_every_vm_and_restores_the_rules(
     sizes = {d["path"]: d["virtual_size"] for v in data["vms"] for d in v["disks"]}
     assert sizes == {d["path"]: d["size"] for v in st.data["vms"] for d in v["disks"]}
 
+    # no secret in the journal, the JSON log, the saved XML or the reports
+    password = Path(st.data["emulator"]["password_file"]).read_text().strip().encode()
+    written = [p for d in (st.root / "state", st.root / "reports") for p in d.rglob("*")
+               if p.is_file()]
+    assert any(p.name == "rehost.log.jsonl" for p in written)
+    assert any(p.name == "journal.sqlite" for p in written)
+    for p in written:
+        assert password not in p.read_bytes(), f"the Abiquo password is in {p}"
+    assert password not in (res.stdout + res.stderr).encode()
+
     # `rehost confirm` deletes the backups of verified VMs, and only those
     conf = rehost("confirm", "-c", str(st.site_config))
     assert conf.returncode == 0, conf.stdout + conf.stderr
