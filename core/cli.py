@@ -1,46 +1,24 @@
 """The command line (DESIGN.md section 3). Exit codes: 0 success, 1 a VM failed, 2 bad usage or
-bad configuration. ``--json`` output is stable (see docs/json.md)."""
+bad configuration. ``--json`` outputs are stable and documented in docs/cli-json.md."""
 
 from __future__ import annotations
 
-import json
 import sys
-from collections.abc import Callable
-from functools import wraps
 from pathlib import Path
-from typing import Any, TypeVar
 
 import click
-from loguru import logger
 
 from rehost import __version__
-from rehost.core.errors import RehostError
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def setup_logging(verbose: int) -> None:
-    logger.remove()
-    level = "DEBUG" if verbose >= 2 else "INFO" if verbose == 1 else "WARNING"
-    logger.add(sys.stderr, level=level, format="<level>{level: <7}</level> {message}")
-
-
-def handle_errors(fn: F) -> F:
-    """Turn rehost's errors into a one-line message and the documented exit code."""
-
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except RehostError as exc:
-            click.echo(f"rehost: error: {exc}", err=True)
-            sys.exit(exc.exit_code)
-
-    return wrapper  # type: ignore[return-value]
-
-
-def emit_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+from rehost.core.cli_common import (
+    build_campaign,
+    config_option,
+    emit_json,
+    handle_errors,
+    print_findings,
+    run_and_report,
+    setup_logging,
+    vm_option,
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -135,43 +113,6 @@ def plugins_cmd(config_path: str | None, as_json: bool) -> None:
 
 # -- campaign ----------------------------------------------------------------------------------
 
-config_option = click.option(
-    "-c", "--config", "config_path", required=True, type=click.Path(dir_okay=False),
-    help="The site config (TOML). `rehost lab up` writes one for the rehearsal lab.")
-vm_option = click.option(
-    "--vm", "vms", multiple=True, metavar="NAME",
-    help="Only this VM (domain name ABQ_<uuid>, uuid, or Abiquo name); repeatable.")
-
-
-def _campaign(config_path: str, *, dry_run: bool = False, parallel: int | None = None,
-              delete_backups: bool = False, progress: bool = True) -> Any:
-    from rehost.core.campaign import Campaign
-    from rehost.core.config import load_config
-
-    cfg = load_config(config_path)
-    if parallel is not None:
-        if parallel < 1:
-            from rehost.core.errors import ConfigError
-
-            raise ConfigError("--parallel must be 1 or more")
-        cfg.campaign.parallel = parallel
-    if delete_backups:
-        cfg.campaign.delete_backups = True
-    extra: list[tuple[object, str]] = []
-    if progress:
-        from rehost.core.progress import ProgressDisplay
-
-        extra.append((ProgressDisplay(), "progress"))
-    return Campaign(cfg, dry_run=dry_run, extra_plugins=extra)
-
-
-def _print_findings(findings: list[Any]) -> None:
-    for f in findings:
-        colour = {"critical": "red", "warning": "yellow"}.get(f.severity, "")
-        where = f" ({f.vm or f.host})" if (f.vm or f.host) else ""
-        click.secho(f"  {f.severity:<8} [{f.code}] {f.message}{where}", fg=colour or None)
-
-
 @main.command("plan")
 @config_option
 @vm_option
@@ -181,7 +122,7 @@ def plan_cmd(config_path: str, vms: tuple[str, ...], as_json: bool) -> None:
     """What would move where, and the preflight findings. Changes nothing."""
     from rehost.core.pipeline import make_plan
 
-    ctx = _campaign(config_path, dry_run=True, progress=False)
+    ctx = build_campaign(config_path, dry_run=True, progress=False)
     try:
         plan = make_plan(ctx, list(vms) or None)
     finally:
@@ -197,35 +138,8 @@ def plan_cmd(config_path: str, vms: tuple[str, ...], as_json: bool) -> None:
             click.echo(f"  {v.label or v.name:<16} {v.name}  on {v.source_host or '?'}  "
                        f"({len(files)} file disk(s), {len(v.disks) - len(files)} other)")
         click.echo("preflight:" if plan.findings else "preflight: no findings")
-        _print_findings(plan.findings)
+        print_findings(plan.findings)
     if plan.critical:
-        sys.exit(1)
-
-
-def _run(ctx: Any, vms: tuple[str, ...]) -> None:
-    from rehost.core.pipeline import PreflightFailed, run_campaign
-
-    try:
-        outcome = run_campaign(ctx, list(vms) or None)
-    except PreflightFailed as exc:
-        click.secho("preflight found critical problems; nothing was changed:", fg="red",
-                    err=True)
-        _print_findings(exc.findings)
-        sys.exit(exc.exit_code)
-    finally:
-        paths = ctx.journal.get("report_paths") or []
-        ctx.close()
-    if ctx.dry_run:
-        click.echo("dry run: these VMs would move (nothing was changed):")
-        for name in outcome:
-            click.echo(f"  {name}")
-        return
-    failed = [n for n, o in outcome.items() if o != "done"]
-    click.echo(f"{len(outcome) - len(failed)} of {len(outcome)} VM(s) moved"
-               + (f"; FAILED: {', '.join(failed)}" if failed else ""))
-    for p in paths:
-        click.echo(f"report: {p}")
-    if failed:
         sys.exit(1)
 
 
@@ -243,7 +157,7 @@ def run_cmd(config_path: str, vms: tuple[str, ...], parallel: int | None, dry_ru
 
     Exit code 0 when every VM moved, 1 when a VM failed (it stops at a safe point; the report
     says what was done to keep it safe), 2 for bad usage or configuration."""
-    _run(_campaign(config_path, dry_run=dry_run, parallel=parallel,
+    run_and_report(build_campaign(config_path, dry_run=dry_run, parallel=parallel,
                    delete_backups=delete_backups), vms)
 
 
@@ -253,14 +167,14 @@ def run_cmd(config_path: str, vms: tuple[str, ...], parallel: int | None, dry_ru
 def resume_cmd(config_path: str) -> None:
     """Continue an interrupted campaign where its journal says it stopped (finished stages
     are skipped; a stage that started and did not finish runs again: each is safe twice)."""
-    ctx = _campaign(config_path)
+    ctx = build_campaign(config_path)
     if not ctx.journal.vm_rows():
         ctx.close()
         from rehost.core.errors import ConfigError
 
         raise ConfigError(f"nothing to resume: no campaign journal in {ctx.state_dir}")
     names = tuple(r["name"] for r in ctx.journal.vm_rows())
-    _run(ctx, names)
+    run_and_report(ctx, names)
 
 
 @main.command("status")
@@ -304,7 +218,7 @@ def confirm_cmd(config_path: str, vms: tuple[str, ...]) -> None:
     verify stage passed; the others keep their backups)."""
     from rehost.core.pipeline import confirm
 
-    ctx = _campaign(config_path, progress=False)
+    ctx = build_campaign(config_path, progress=False)
     try:
         done = confirm(ctx, list(vms) or None)
     finally:
@@ -331,7 +245,7 @@ def rollback_cmd(config_path: str, vms: tuple[str, ...]) -> None:
     says where its disks are)."""
     from rehost.core.pipeline import rollback
 
-    ctx = _campaign(config_path, progress=False)
+    ctx = build_campaign(config_path, progress=False)
     try:
         done = rollback(ctx, list(vms))
     finally:
@@ -358,7 +272,7 @@ def rollback_cmd(config_path: str, vms: tuple[str, ...]) -> None:
 @handle_errors
 def report_cmd(config_path: str, formats: tuple[str, ...], output: str | None) -> None:
     """Write the campaign's report from its journal."""
-    ctx = _campaign(config_path, progress=False)
+    ctx = build_campaign(config_path, progress=False)
     try:
         outdir = Path(output) if output else ctx.config.report_dir
         outdir.mkdir(parents=True, exist_ok=True)
@@ -369,121 +283,10 @@ def report_cmd(config_path: str, formats: tuple[str, ...], output: str | None) -
         click.echo(p)
 
 
-@main.command("demo")
-@click.option("--keep-lab", is_flag=True, help="Leave the lab up afterwards.")
-@click.option("-d", "--description", type=click.Path(dir_okay=False),
-              help="Lab description (default: two CentOS 5 hosts, one CentOS 6 host).")
-@click.option("--storage", help="Storage strategy to use (default: from the lab).")
-@click.option("--allocation", help="Allocation strategy to use (default: loadlevel).")
-@handle_errors
-def demo_cmd(keep_lab: bool, description: str | None, storage: str | None,
-             allocation: str | None) -> None:
-    """Run a whole campaign in the built-in rehearsal lab and write its report.
+from rehost.core.cli_lab import demo_cmd, lab_group  # noqa: E402 - after main exists
 
-    Brings the lab up (real libvirtd + sshd hosts in namespaces, an Abiquo-compatible API),
-    moves every VM off its CentOS 5 hosts, prints where the report is, and takes the lab down
-    (unless --keep-lab)."""
-    from rehost.lab import lab
-    from rehost.lab.siteconfig import write_site_config
-
-    # the report outlives the lab: it goes to the current folder
-    report_dir = Path.cwd() / "rehost-demo-report"
-    click.echo("bringing the rehearsal lab up ...")
-    st = lab.up(description)
-    ok = False
-    try:
-        kwargs = {k: v for k, v in (("storage", storage), ("allocation", allocation)) if v}
-        write_site_config(st, report_dir=str(report_dir), **kwargs)
-        click.echo(f"lab up in {st.data.get('up_seconds')} s: "
-                   + ", ".join(f"{h['name']} ({h['release']})" for h in st.data["hosts"]))
-        click.echo(f"site config: {st.site_config}")
-        ctx = _campaign(str(st.site_config))
-        try:
-            _run(ctx, ())
-            ok = True
-        except SystemExit as exc:
-            ok = exc.code in (0, None)
-            raise
-    finally:
-        if keep_lab:
-            click.echo(f"the lab stays up (`rehost lab status`, `rehost lab down`); "
-                       f"site config {st.site_config}")
-        else:
-            lab.down(quiet=True)
-            click.echo("the lab is down")
-        click.echo(f"demo report: {report_dir}")
-        if not ok:
-            click.echo("demo: a VM failed (see the report)", err=True)
-
-
-# -- lab ---------------------------------------------------------------------------------------
-
-
-@main.group("lab")
-def lab_group() -> None:
-    """The rehearsal lab: real libvirtd + sshd hosts in network namespaces on this machine
-    (needs root). `up` writes a site config that points rehost at it."""
-
-
-@lab_group.command("up")
-@click.option("-d", "--description", type=click.Path(dir_okay=False),
-              help="Lab description (TOML); default: two CentOS 5 hosts, one CentOS 6 host.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@handle_errors
-def lab_up(description: str | None, as_json: bool) -> None:
-    """Bring the lab up (clearing an earlier one first) and print its site config."""
-    from rehost.lab import lab
-
-    st = lab.up(description)
-    if as_json:
-        emit_json(st.data)
-        return
-    click.echo(f"lab {st.data['name']} is up in {st.data.get('up_seconds', '?')} s "
-               f"({len(st.data['hosts'])} hosts, {len(st.data['vms'])} VMs)")
-    for h in st.data["hosts"]:
-        click.echo(f"  {h['name']:<8} {h['address']:<14} {h['release']}")
-    if st.data.get("emulator"):
-        click.echo(f"  Abiquo API: {st.data['emulator']['url']}")
-    click.echo(f"site config: {st.site_config}")
-    click.echo(st.site_config.read_text())
-
-
-@lab_group.command("down")
-@handle_errors
-def lab_down() -> None:
-    """Remove everything the lab made: processes (by pid), loop devices, namespaces, files."""
-    from rehost.lab import lab
-
-    done = lab.down(quiet=True)
-    for line in done or ["no lab was up"]:
-        click.echo(line)
-
-
-@lab_group.command("status")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@handle_errors
-def lab_status(as_json: bool) -> None:
-    """Tell whether the lab is up, its hosts, daemons and domains."""
-    from rehost.lab import lab
-
-    st = lab.status()
-    if as_json:
-        emit_json(st)
-        return
-    if not st["up"]:
-        click.echo("lab is down" + (f" (leftover namespaces: {st['namespaces']})"
-                                     if st["namespaces"] else ""))
-        return
-    click.echo(f"lab is up: {st['root']}  site config: {st['site_config']}")
-    for h in st["hosts"]:
-        daemons = " ".join(f"{k.split('.')[0]}={'up' if v else 'DOWN'}"
-                           for k, v in h["daemons"].items())
-        click.echo(f"  {h['name']:<8} {h['address']:<14} {h['release']:<30} {daemons}")
-        for d in h["domains"]:
-            click.echo(f"      {d['name']}  {d['state']}")
-    if st.get("emulator"):
-        click.echo(f"  Abiquo API: {st['emulator'].get('url')}")
-
+main.add_command(lab_group)
+main.add_command(demo_cmd)
 
 if __name__ == "__main__":
     main()
