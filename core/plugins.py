@@ -274,6 +274,11 @@ class Hooks:
             raise PluginError(f"no hook performs stage {stage!r}")
         return caller(vm=vm, ctx=ctx)
 
+    def transfer_progress(self, vm: VM, ctx: Campaign, path: str, done: int, total: int,
+                          seconds: float) -> None:
+        self._hook.rehost_transfer_progress(vm=vm, ctx=ctx, path=path, done=done, total=total,
+                                            seconds=seconds)
+
     def rollback_vm(self, vm: VM, ctx: Campaign) -> dict[str, Any] | None:
         result: dict[str, Any] | None = self._hook.rehost_rollback_vm(vm=vm, ctx=ctx)
         return result

@@ -28,6 +28,7 @@ class ProgressDisplay:
             transient=False,
         )
         self.tasks: dict[str, Any] = {}
+        self._last_tenth: dict[tuple[str, str], int] = {}
         self._lock = threading.Lock()
 
     def _task(self, vm: VM) -> Any:
@@ -66,6 +67,22 @@ class ProgressDisplay:
         done = VM_STAGES.index(stage) + 1 if stage in VM_STAGES else 0
         self.progress.update(self._task(vm), completed=done,
                              description="done" if stage == VM_STAGES[-1] else stage)
+
+    @hookimpl
+    def rehost_transfer_progress(self, vm: VM, ctx: Campaign, path: str, done: int, total: int,
+                                 seconds: float) -> None:
+        rate = done / seconds / 2**20 if seconds > 0 else 0.0
+        eta = (total - done) / (rate * 2**20) if rate > 0 else None
+        text = (f"transfer {done / 2**20:.0f}/{total / 2**20:.0f} MiB, {rate:.0f} MiB/s"
+                + (f", {eta:.0f} s left" if eta is not None and done < total else ""))
+        self.progress.update(self._task(vm), description=text)
+        if not self.live:
+            # a line per tenth, not one every few seconds, in logs
+            tenth = 10 * done // max(total, 1)
+            key = (vm.name, path)
+            if self._last_tenth.get(key) != tenth:
+                self._last_tenth[key] = tenth
+                self.console.print(f"  {vm.label or vm.name}: {text}")
 
     @hookimpl
     def rehost_stage_error(self, stage: str, vm: VM | None, ctx: Campaign,

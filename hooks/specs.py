@@ -287,6 +287,27 @@ def rehost_vm_transfer(vm: VM, ctx: Campaign) -> dict[str, Any] | None:
     Stops at first non-None result."""
 
 
+@hookspec
+def rehost_transfer_progress(vm: VM, ctx: Campaign, path: str, done: int, total: int,
+                             seconds: float) -> None:
+    """A copy is under way: how much of one disk has arrived on the target. Observers only;
+    called every few seconds while a copying strategy runs, and once when the disk is done.
+
+    :param vm: the VM whose disk moves.
+    :param ctx: the campaign.
+    :param path: the disk's path on the target (``X_BACK``).
+    :param done: bytes arrived so far.
+    :param total: bytes to move for this disk.
+    :param seconds: time since this disk's copy started.
+
+    Example::
+
+        @hookimpl
+        def rehost_transfer_progress(vm, ctx, path, done, total, seconds):
+            print(f"{path}: {100 * done // max(total, 1)}%")
+    """
+
+
 @hookspec(firstresult=True)
 def rehost_vm_remove_new_disks(vm: VM, ctx: Campaign) -> dict[str, Any] | None:
     """Delete the template disks the deploy created on the target. Stops at first non-None

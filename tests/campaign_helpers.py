@@ -41,6 +41,10 @@ def rehost_notify(vm, ctx, event):
     _w(hook="notify", event=event, vm=vm.name)
 
 @hookimpl
+def rehost_transfer_progress(vm, ctx, path, done, total, seconds):
+    _w(hook="transfer_progress", vm=vm.name, path=path, done=done, total=total)
+
+@hookimpl
 def rehost_campaign_start(ctx, vms):
     _w(hook="campaign_start", vms=[v.name for v in vms])
 

@@ -155,6 +155,16 @@ def test_scp_campaign_moves_every_vm_and_restores_the_rules(
                 if e.get("vm") == v["domain"] and e["hook"].startswith("stage_")]
         expected = [(h, s) for s in VM_STAGES for h in ("stage_start", "stage_finish")]
         assert mine == expected
+    # progress of every disk's copy, ending with the whole disk arrived
+    for v in st.data["vms"]:
+        for disk in v["disks"]:
+            seen = [(e["done"], e["total"]) for e in evs if e["hook"] == "transfer_progress"
+                    and e["path"] == disk["path"] + "_BACK"]
+            assert seen, f"no progress was reported for {disk['path']}"
+            assert seen[-1][0] == seen[-1][1]
+            if disk["format"] == "raw":  # scp moves the whole file
+                assert seen[-1][1] == disk["size"]
+            assert [d for d, _ in seen] == sorted(d for d, _ in seen)
     campaign = [(e["hook"], e["stage"]) for e in evs
                 if e["hook"].startswith("stage_") and e["vm"] is None]
     assert campaign == [(h, s) for s in ("preflight", "fence", "unfence", "report")

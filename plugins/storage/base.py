@@ -13,11 +13,13 @@ Destructive steps check their precondition first:
 from __future__ import annotations
 
 import re
+import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from rehost.core.errors import PreconditionError
-from rehost.core.model import VM, Disk, Finding
+from rehost.core.errors import PreconditionError, RehostError
+from rehost.core.model import VM, Disk, Finding, Host
 
 if TYPE_CHECKING:
     from rehost.core.campaign import Campaign
@@ -164,6 +166,76 @@ class DatastoreStrategy:
         return {"deleted": present, "pending": [], "host": src}
 
     # -- helpers for strategies ---------------------------------------------------------------
+
+    #: seconds between two looks at a copy's progress on the target
+    progress_interval = 2.0
+
+    def copy_disks(self, vm: VM, ctx: Campaign,
+                   copy_one: Callable[[Shell, str, Host], None], *,
+                   measure: str = "size") -> dict[str, Any]:
+        """The transfer loop every copying strategy shares: for each file disk, skip a copy an
+        earlier run finished, remove a partial one, run ``copy_one(source_shell, path,
+        target_host)`` (which copies ``path`` to the same path on the target host), report
+        progress while it runs, and check what arrived. ``measure`` is what a byte moved
+        means on the target: ``size`` for a copy that fills holes, ``allocated`` for one that
+        keeps them."""
+        src, tgt = _source(vm), _target(vm, ctx)
+        target = ctx.host(tgt)
+        started = time.monotonic()
+        copied = []
+        for disk in vm.file_disks():
+            back = backup_path(disk)
+            if ctx.shell(tgt).exists(back):
+                try:
+                    done = self.check_arrived(vm, ctx, tgt, disk)
+                except PreconditionError:
+                    ctx.shell(tgt).remove(back)  # a partial copy of an earlier run
+                else:
+                    done.update(bytes=0, skipped="already on the target")
+                    copied.append(done)
+                    continue
+            rec: dict[str, Any] = next(
+                (d for d in (vm.facts.get("preserve_disks") or {}).get("disks", [])
+                 if d["path"] == disk.source), {})
+            total = int(rec.get(measure) or rec.get("size") or 0)
+            t0 = time.monotonic()
+            self._watch(vm, ctx, tgt, back, total, measure,
+                        lambda path=back: copy_one(ctx.shell(src), path, target))
+            arrived = self.check_arrived(vm, ctx, tgt, disk)
+            arrived["bytes"] = arrived[measure]
+            arrived["seconds"] = round(time.monotonic() - t0, 3)
+            copied.append(arrived)
+        return self.copy_result(vm, copied, started)
+
+    def _watch(self, vm: VM, ctx: Campaign, host: str, path: str, total: int, measure: str,
+               copy: Callable[..., None]) -> None:
+        """Run ``copy`` in a thread; meanwhile tell observers how much has arrived."""
+        failure: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                copy()
+            except BaseException as exc:
+                failure.append(exc)
+
+        thread = threading.Thread(target=work, name=f"copy {vm.name}", daemon=True)
+        t0 = time.monotonic()
+        thread.start()
+        sh = ctx.shell(host)
+        while True:
+            thread.join(self.progress_interval)
+            if not thread.is_alive():
+                break
+            try:
+                st = sh.stat(path)
+                done = st.allocated if measure == "allocated" else st.size
+            except RehostError:
+                done = 0  # not created yet (or written under a temporary name)
+            ctx.hooks.transfer_progress(vm, ctx, path, min(done, total), total,
+                                        time.monotonic() - t0)
+        if failure:
+            raise failure[0]
+        ctx.hooks.transfer_progress(vm, ctx, path, total, total, time.monotonic() - t0)
 
     def copy_result(self, vm: VM, copied: list[dict[str, Any]], started: float) -> dict[str, Any]:
         seconds = max(time.monotonic() - started, 1e-6)

@@ -13,16 +13,16 @@ shell would interpret, instead of guessing. Abiquo's datastore paths never have 
 from __future__ import annotations
 
 import re
-import time
 from typing import TYPE_CHECKING, Any
 
 from rehost.core.errors import PreconditionError
-from rehost.core.model import VM, StrategyRecord
+from rehost.core.model import VM, Host, StrategyRecord
 from rehost.hooks import hookimpl
-from rehost.plugins.storage.base import DatastoreStrategy, _source, _target, backup_path
+from rehost.plugins.storage.base import DatastoreStrategy, backup_path
 
 if TYPE_CHECKING:
     from rehost.core.campaign import Campaign
+    from rehost.core.remote import Shell
 
 SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/+@%=:,-]*$")
 
@@ -38,36 +38,19 @@ class ScpCopy(DatastoreStrategy):
         super().__init__(options)
 
     def transfer(self, vm: VM, ctx: Campaign) -> dict[str, Any]:
-        src, tgt = _source(vm), _target(vm, ctx)
-        target = ctx.host(tgt)
-        sh = ctx.shell(src)
-        started = time.monotonic()
-        copied = []
         for disk in vm.file_disks():
             back = backup_path(disk)
             if not SAFE_PATH.match(back) or "/-" in back:
                 raise PreconditionError(f"scp cannot carry {back!r} safely (characters a shell "
                                         "would interpret); nothing was copied")
-            if ctx.shell(tgt).exists(back):
-                try:
-                    done = self.check_arrived(vm, ctx, tgt, disk)
-                except PreconditionError:
-                    ctx.shell(tgt).remove(back)  # a partial copy of an earlier run
-                else:
-                    done.update(bytes=0, skipped="already on the target")
-                    copied.append(done)
-                    continue
-            t0 = time.monotonic()
-            argv = ["scp", "-p", "-q", "-B"]
-            if self.cipher:
-                argv += ["-c", str(self.cipher)]
-            argv += [back, f"{target.ssh_user}@{target.address}:{back}"]
-            sh.run(argv, timeout=self.timeout)
-            arrived = self.check_arrived(vm, ctx, tgt, disk)
-            arrived["bytes"] = arrived["size"]
-            arrived["seconds"] = round(time.monotonic() - t0, 3)
-            copied.append(arrived)
-        return self.copy_result(vm, copied, started)
+        return self.copy_disks(vm, ctx, self.copy_one)
+
+    def copy_one(self, source: Shell, path: str, target: Host) -> None:
+        argv = ["scp", "-p", "-q", "-B"]
+        if self.cipher:
+            argv += ["-c", str(self.cipher)]
+        source.run([*argv, path, f"{target.ssh_user}@{target.address}:{path}"],
+                   timeout=self.timeout)
 
 
 @hookimpl(trylast=True)

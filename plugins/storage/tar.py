@@ -12,14 +12,13 @@ command the target's shell runs is quoted word by word.
 from __future__ import annotations
 
 import os
-import time
 from typing import TYPE_CHECKING, Any
 
 from rehost.core.errors import PreconditionError
-from rehost.core.model import VM, StrategyRecord
-from rehost.core.remote import quote_argv
+from rehost.core.model import VM, Host, StrategyRecord
+from rehost.core.remote import Shell, quote_argv
 from rehost.hooks import hookimpl
-from rehost.plugins.storage.base import DatastoreStrategy, _source, _target, backup_path
+from rehost.plugins.storage.base import DatastoreStrategy, backup_path
 
 if TYPE_CHECKING:
     from rehost.core.campaign import Campaign
@@ -38,35 +37,18 @@ class TarSparseCopy(DatastoreStrategy):
         super().__init__(options)
 
     def transfer(self, vm: VM, ctx: Campaign) -> dict[str, Any]:
-        src, tgt = _source(vm), _target(vm, ctx)
-        target = ctx.host(tgt)
-        started = time.monotonic()
-        copied = []
         for disk in vm.file_disks():
-            back = backup_path(disk)
-            folder, name = os.path.split(back)
-            if name.startswith("-"):
-                raise PreconditionError(f"tar will not carry {back!r} (a leading '-')")
-            if ctx.shell(tgt).exists(back):
-                try:
-                    done = self.check_arrived(vm, ctx, tgt, disk)
-                except PreconditionError:
-                    ctx.shell(tgt).remove(back)  # a partial copy of an earlier run
-                else:
-                    done.update(bytes=0, skipped="already on the target")
-                    copied.append(done)
-                    continue
-            t0 = time.monotonic()
-            # the target unpacks into the same folder; -S keeps the holes it is sent
-            unpack = quote_argv(["tar", "-C", folder, "--sparse", "-xpf", "-"])
-            ctx.shell(src).run(["sh", "-c", PIPE, "rehost-tar", folder, name,
-                                f"{target.ssh_user}@{target.address}", unpack],
-                               timeout=self.timeout)
-            arrived = self.check_arrived(vm, ctx, tgt, disk)
-            arrived["bytes"] = arrived["allocated"]
-            arrived["seconds"] = round(time.monotonic() - t0, 3)
-            copied.append(arrived)
-        return self.copy_result(vm, copied, started)
+            if os.path.basename(backup_path(disk)).startswith("-"):
+                raise PreconditionError(f"tar will not carry {backup_path(disk)!r} (a leading "
+                                        "'-')")
+        return self.copy_disks(vm, ctx, self.copy_one, measure="allocated")
+
+    def copy_one(self, source: Shell, path: str, target: Host) -> None:
+        folder, name = os.path.split(path)
+        # the target unpacks into the same folder; tar restores the holes it is sent
+        unpack = quote_argv(["tar", "-C", folder, "--sparse", "-xpf", "-"])
+        source.run(["sh", "-c", PIPE, "rehost-tar", folder, name,
+                    f"{target.ssh_user}@{target.address}", unpack], timeout=self.timeout)
 
 
 @hookimpl(trylast=True)

@@ -12,13 +12,13 @@ Everything else (preserving, swapping, verifying) comes from rehost's datastore 
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from rehost.core.errors import PreconditionError
-from rehost.core.model import StrategyRecord
+from rehost.core.model import Host, StrategyRecord
+from rehost.core.remote import Shell
 from rehost.hooks import hookimpl
-from rehost.plugins.storage.base import DatastoreStrategy, _source, _target, backup_path
+from rehost.plugins.storage.base import DatastoreStrategy, backup_path
 from rehost.plugins.storage.scp import SAFE_PATH
 
 
@@ -27,22 +27,17 @@ class SiteRsync(DatastoreStrategy):
     fills_holes = False
 
     def transfer(self, vm: Any, ctx: Any) -> dict[str, Any]:
-        src, tgt = _source(vm), _target(vm, ctx)
-        target = ctx.host(tgt)
-        started = time.monotonic()
-        copied = []
         for disk in vm.file_disks():
-            back = backup_path(disk)
-            if not SAFE_PATH.match(back):
-                raise PreconditionError(f"site-rsync will not carry {back!r}")
-            ctx.shell(src).run(["rsync", "--sparse", "--times", "--", back,
-                                f"{target.ssh_user}@{target.address}:{back}"], timeout=6 * 3600)
-            arrived = self.check_arrived(vm, ctx, tgt, disk)
-            arrived["bytes"] = arrived["size"]
-            copied.append(arrived)
-        result = self.copy_result(vm, copied, started)
+            if not SAFE_PATH.match(backup_path(disk)):
+                raise PreconditionError(f"site-rsync will not carry {backup_path(disk)!r}")
+        result = self.copy_disks(vm, ctx, self.copy_one)
         result["site_plugin"] = "rehost-example-site"
         return result
+
+    def copy_one(self, source: Shell, path: str, target: Host) -> None:
+        # rehost runs this on the source host: the data goes host to host
+        source.run(["rsync", "--sparse", "--times", "--", path,
+                    f"{target.ssh_user}@{target.address}:{path}"], timeout=6 * 3600)
 
 
 @hookimpl
