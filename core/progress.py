@@ -34,8 +34,9 @@ class ProgressDisplay:
     def _task(self, vm: VM) -> Any:
         with self._lock:
             if vm.name not in self.tasks:
+                # the clock of a VM starts with its first stage, not while it waits its turn
                 self.tasks[vm.name] = self.progress.add_task(
-                    "waiting", total=len(VM_STAGES), label=vm.label or vm.name)
+                    "waiting", total=len(VM_STAGES), label=vm.label or vm.name, start=False)
             return self.tasks[vm.name]
 
     @hookimpl
@@ -56,7 +57,9 @@ class ProgressDisplay:
             if not self.live:
                 self.console.print(f"[bold]{stage}[/bold] ...")
             return
-        self.progress.update(self._task(vm), description=stage)
+        task = self._task(vm)
+        self.progress.start_task(task)  # no-op once started
+        self.progress.update(task, description=stage)
         if not self.live:
             self.console.print(f"  {vm.label or vm.name}: {stage} ...")
 
