@@ -54,6 +54,28 @@ def rehost_campaign_finish(ctx, outcome):
 '''
 
 
+def two_host_lab(name: str, vms: str, *, shared: bool = False) -> str:
+    """A lab description: one CentOS 5 host ``c5-a``, one CentOS 6 host ``c6-a``, and ``vms``
+    (``[[vms]]`` tables in TOML)."""
+    return (f'[lab]\nname = "{name}"\nshared_datastore = {"true" if shared else "false"}\n\n'
+            '[[hosts]]\nname = "c5-a"\nos = "centos-5.11"\n\n'
+            '[[hosts]]\nname = "c6-a"\nos = "centos-6.4"\n' + vms)
+
+
+#: two VMs on c5-a: "good" and "bad" (the one tests make fail)
+SMALL_LAB = two_host_lab("small", """
+[[vms]]
+name = "good"
+host = "c5-a"
+disks = [{ size_mib = 128, format = "raw", data_mib = 4 }]
+
+[[vms]]
+name = "bad"
+host = "c5-a"
+disks = [{ size_mib = 32, format = "raw", data_mib = 2 }]
+""")
+
+
 def rehost(*args: str, env: dict[str, str] | None = None,
            timeout: float = 900) -> subprocess.CompletedProcess[str]:
     """Run the real command line, as an operator would."""

@@ -15,6 +15,7 @@ from rehost.core.model import VM_STAGES
 from rehost.lab.lab import LabState
 from tests.campaign_helpers import (
     RECORDER,
+    SMALL_LAB,
     abiquo,
     add_to_site_config,
     events,
@@ -22,23 +23,12 @@ from tests.campaign_helpers import (
     rehost,
     rules_snapshot,
     shell,
+    two_host_lab,
 )
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
-SHARED_LAB = """
-[lab]
-name = "shared"
-shared_datastore = true
-
-[[hosts]]
-name = "c5-a"
-os = "centos-5.11"
-
-[[hosts]]
-name = "c6-a"
-os = "centos-6.4"
-
+SHARED_LAB = two_host_lab("shared", """
 [[vms]]
 name = "twodisks"
 host = "c5-a"
@@ -57,30 +47,7 @@ name = "bystander"
 host = "c5-a"
 cpu = 2
 disks = [{ size_mib = 16, format = "raw", data_mib = 1 }]
-"""
-
-SMALL_LAB = """
-[lab]
-name = "small"
-
-[[hosts]]
-name = "c5-a"
-os = "centos-5.11"
-
-[[hosts]]
-name = "c6-a"
-os = "centos-6.4"
-
-[[vms]]
-name = "good"
-host = "c5-a"
-disks = [{ size_mib = 128, format = "raw", data_mib = 4 }]
-
-[[vms]]
-name = "bad"
-host = "c5-a"
-disks = [{ size_mib = 32, format = "raw", data_mib = 2 }]
-"""
+""", shared=True)
 
 
 def assert_moved(st: LabState, names: list[str] | None = None) -> None:

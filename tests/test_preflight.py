@@ -10,25 +10,14 @@ import pytest
 
 from rehost.core.model import HostFacts
 from rehost.plugins.preflight import check_compatibility
-from tests.campaign_helpers import abiquo, rehost, rules_snapshot
+from tests.campaign_helpers import abiquo, rehost, rules_snapshot, two_host_lab
 
-TWO_HOST_LAB = """
-[lab]
-name = "preflight"
-
-[[hosts]]
-name = "c5-a"
-os = "centos-5.11"
-
-[[hosts]]
-name = "c6-a"
-os = "centos-6.4"
-
+TWO_HOST_LAB = two_host_lab("preflight", """
 [[vms]]
 name = "only"
 host = "c5-a"
 disks = [{ size_mib = 16, format = "raw", data_mib = 1 }]
-"""
+""")
 
 
 def facts(version: str) -> HostFacts:

@@ -15,7 +15,7 @@ import pytest
 
 from rehost.lab.lab import LabState
 from rehost.reports.json_report import schema
-from tests.campaign_helpers import add_to_site_config, rehost
+from tests.campaign_helpers import SMALL_LAB, add_to_site_config, rehost
 from tests.test_campaign_lab import FAILING_PLUGIN
 from tests.test_reports import chromium_or_skip, keep_screenshot, open_in_browser, png_size
 
@@ -52,29 +52,6 @@ disks = [{ size_mib = 32, format = "raw", data_mib = 3 }]
 """
 
 DATA_MIB = {"web01": 6, "db01": 3}  # what the VMs' disks hold, as described above
-
-SMALL_LAB = """
-[lab]
-name = "small"
-
-[[hosts]]
-name = "c5-a"
-os = "centos-5.11"
-
-[[hosts]]
-name = "c6-a"
-os = "centos-6.4"
-
-[[vms]]
-name = "good"
-host = "c5-a"
-disks = [{ size_mib = 128, format = "raw", data_mib = 4 }]
-
-[[vms]]
-name = "bad"
-host = "c5-a"
-disks = [{ size_mib = 32, format = "raw", data_mib = 2 }]
-"""
 
 
 def reports(outdir: Path) -> tuple[str, str, dict[str, Any]]:

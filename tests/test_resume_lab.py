@@ -12,28 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.campaign_helpers import abiquo, rehost, rules_snapshot, shell
+from tests.campaign_helpers import abiquo, rehost, rules_snapshot, shell, two_host_lab
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
-ONE_VM_LAB = """
-[lab]
-name = "resume"
-
-[[hosts]]
-name = "c5-a"
-os = "centos-5.11"
-
-[[hosts]]
-name = "c6-a"
-os = "centos-6.4"
-
+ONE_VM_LAB = two_host_lab("resume", """
 [[vms]]
 name = "victim"
 host = "c5-a"
 disks = [{ size_mib = 512, format = "raw", data_mib = 64 },
          { size_mib = 32, format = "qcow2", data_mib = 2 }]
-"""
+""")
 
 
 def wait_for_stage(journal: Path, stage: str, deadline: float) -> None:

@@ -8,28 +8,23 @@ from pathlib import Path
 
 import pytest
 
-from tests.campaign_helpers import abiquo, add_to_site_config, rehost, rules_snapshot, shell
+from tests.campaign_helpers import (
+    abiquo,
+    add_to_site_config,
+    rehost,
+    rules_snapshot,
+    shell,
+    two_host_lab,
+)
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
-LAB = """
-[lab]
-name = "rollback"
-shared_datastore = {shared}
-
-[[hosts]]
-name = "c5-a"
-os = "centos-5.11"
-
-[[hosts]]
-name = "c6-a"
-os = "centos-6.4"
-
+VMS = """
 [[vms]]
 name = "bad"
 host = "c5-a"
-disks = [{{ size_mib = 64, format = "raw", data_mib = 3 }},
-         {{ size_mib = 32, format = "qcow2", data_mib = 1 }}]
+disks = [{ size_mib = 64, format = "raw", data_mib = 3 },
+         { size_mib = 32, format = "qcow2", data_mib = 1 }]
 """
 
 FAIL_IN = '''
@@ -48,7 +43,7 @@ def rehost_vm_{stage}(vm, ctx):
 ])
 def test_rollback_puts_the_vm_back_with_its_own_disks(
         make_lab, tmp_path: Path, shared: bool, stage: str) -> None:
-    st = make_lab(LAB.format(shared="true" if shared else "false"))
+    st = make_lab(two_host_lab("rollback", VMS, shared=shared))
     plugin = tmp_path / "fail.py"
     plugin.write_text(FAIL_IN.format(stage=stage))
     add_to_site_config(st, f'[plugins]\nfiles = ["{plugin}"]')
