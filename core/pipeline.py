@@ -179,10 +179,8 @@ def _finish_campaign(ctx: Campaign, fenced: dict[str, Any], outcome: dict[str, s
         raise errors[0]
 
 
-
 def _preflight(ctx: Campaign, only: list[str] | None) -> Plan:
     plan = make_plan(ctx, only)
-    ctx.journal.set("plan", plan.to_dict())
     if plan.critical:
         raise PreflightFailed(plan.findings)
     return plan
