@@ -147,18 +147,22 @@ def plan_cmd(config_path: str, vms: tuple[str, ...], as_json: bool) -> None:
 @config_option
 @vm_option
 @click.option("--parallel", type=int, help="VMs moved at once (default: campaign.parallel).")
+@click.option("--per-host-limit", type=int,
+              help="VMs moved at once from one source host (default: campaign.per_host_limit; "
+                   "0: no limit).")
 @click.option("--dry-run", is_flag=True, help="Preflight and plan only; change nothing.")
 @click.option("--delete-backups", is_flag=True,
               help="Delete X_BACK on the source datastore once a VM is verified.")
 @handle_errors
-def run_cmd(config_path: str, vms: tuple[str, ...], parallel: int | None, dry_run: bool,
-            delete_backups: bool) -> None:
+def run_cmd(config_path: str, vms: tuple[str, ...], parallel: int | None,
+            per_host_limit: int | None, dry_run: bool, delete_backups: bool) -> None:
     """Run the campaign: preflight, fence, every VM's protocol, unfence, report.
 
     Exit code 0 when every VM moved, 1 when a VM failed (it stops at a safe point; the report
     says what was done to keep it safe), 2 for bad usage or configuration."""
     run_and_report(build_campaign(config_path, dry_run=dry_run, parallel=parallel,
-                   delete_backups=delete_backups), vms)
+                                  per_host_limit=per_host_limit,
+                                  delete_backups=delete_backups), vms)
 
 
 @main.command("resume")

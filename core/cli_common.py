@@ -50,17 +50,21 @@ vm_option = click.option(
 
 
 def build_campaign(config_path: str, *, dry_run: bool = False, parallel: int | None = None,
-              delete_backups: bool = False, progress: bool = True) -> Any:
+                   per_host_limit: int | None = None, delete_backups: bool = False,
+                   progress: bool = True) -> Any:
     from rehost.core.campaign import Campaign
     from rehost.core.config import load_config
+    from rehost.core.errors import ConfigError
 
     cfg = load_config(config_path)
     if parallel is not None:
         if parallel < 1:
-            from rehost.core.errors import ConfigError
-
             raise ConfigError("--parallel must be 1 or more")
         cfg.campaign.parallel = parallel
+    if per_host_limit is not None:
+        if per_host_limit < 0:
+            raise ConfigError("--per-host-limit must be 0 (no limit) or more")
+        cfg.campaign.per_host_limit = per_host_limit
     if delete_backups:
         cfg.campaign.delete_backups = True
     extra: list[tuple[object, str]] = []

@@ -8,6 +8,7 @@ Example (every key; see README.md and `rehost lab up` for a working one)::
     report_dir = "/var/lib/rehost/dc1/reports"
     vms = "all"                            # or ["ABQ_<uuid>", "<uuid>", "web01", ...]
     parallel = 1                           # VMs moved at once
+    per_host_limit = 0                     # VMs moved at once from one source host (0: any)
     delete_backups = false                 # cleanup deletes X_BACK only when true
     power_off_timeout = 60                 # graceful shutdown limit, seconds, then forced
     task_timeout = 600                     # Abiquo task limit, seconds
@@ -68,6 +69,7 @@ class CampaignConfig:
     report_dir: str = ""
     vms: str | list[str] = "all"
     parallel: int = 1
+    per_host_limit: int = 0
     delete_backups: bool = False
     power_off_timeout: float = 60.0
     task_timeout: float = 600.0
@@ -218,12 +220,15 @@ def parse_config(text: str, path: str = "<string>") -> SiteConfig:
         raise ConfigError(f'campaign.vms must be "all" or a list of VM names, not {vms!r}')
     if isinstance(vms, list) and not all(isinstance(v, str) for v in vms):
         raise ConfigError("campaign.vms must list VM names as strings")
+    if _get("campaign", c, "per_host_limit", int, 0) < 0:
+        raise ConfigError("campaign.per_host_limit must be 0 (no limit) or more")
     campaign = CampaignConfig(
         name=_get("campaign", c, "name", str, "campaign"),
         state_dir=resolve(_get("campaign", c, "state_dir", str, "./rehost-state")) or "",
         report_dir=resolve(_get("campaign", c, "report_dir", str)) or "",
         vms=vms,
         parallel=int(_positive("campaign", "parallel", _get("campaign", c, "parallel", int, 1))),
+        per_host_limit=_get("campaign", c, "per_host_limit", int, 0),
         delete_backups=_get("campaign", c, "delete_backups", bool, False),
         power_off_timeout=_positive("campaign", "power_off_timeout",
                                     _get("campaign", c, "power_off_timeout", float, 60.0)),

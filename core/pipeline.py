@@ -9,6 +9,7 @@ stage runs) with the reason and what was done recorded; the other VMs go on.
 
 from __future__ import annotations
 
+import threading
 import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -198,16 +199,36 @@ def write_report(ctx: Campaign) -> list[str]:
 
 
 def _run_vms(ctx: Campaign, vms: list[VM]) -> dict[str, str]:
+    """Every VM's protocol: ``campaign.parallel`` at once, and at most
+    ``campaign.per_host_limit`` from one source host (0: no such limit)."""
     outcome: dict[str, str] = {}
     if ctx.config.campaign.parallel <= 1 or len(vms) <= 1:
         for vm in vms:
             outcome[vm.name] = run_vm(ctx, vm)
         return outcome
+    limit = ctx.config.campaign.per_host_limit
+    slots = {h: threading.BoundedSemaphore(limit) for h in {vm.source_host for vm in vms}
+             if h and limit > 0}
+
+    def one(vm: VM) -> str:
+        slot = slots.get(vm.source_host or "")
+        if slot is None:
+            return run_vm(ctx, vm)
+        with slot:
+            return run_vm(ctx, vm)
+
+    # a VM waiting for its host's slot must not hold a worker another host could use: order
+    # the VMs round-robin over their source hosts
+    by_host: dict[str, list[VM]] = {}
+    for vm in vms:
+        by_host.setdefault(vm.source_host or "", []).append(vm)
+    queues = list(by_host.values())
+    ordered = [q[i] for i in range(max(map(len, queues))) for q in queues if i < len(q)]
     with ThreadPoolExecutor(max_workers=ctx.config.campaign.parallel,
                             thread_name_prefix="vm") as pool:
-        futures = {vm.name: pool.submit(run_vm, ctx, vm) for vm in vms}
-        for name, fut in futures.items():
-            outcome[name] = fut.result()
+        futures = {vm.name: pool.submit(one, vm) for vm in ordered}
+        for vm in vms:
+            outcome[vm.name] = futures[vm.name].result()
     return outcome
 
 

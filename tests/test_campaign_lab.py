@@ -99,7 +99,7 @@ def test_scp_campaign_moves_every_vm_and_restores_the_rules(
     assert plan.returncode == 0, plan.stdout + plan.stderr
     assert "4 VM(s) to move" in plan.stdout
 
-    res = rehost("run", "-c", str(st.site_config), "--parallel", "2",
+    res = rehost("run", "-c", str(st.site_config), "--parallel", "2", "--per-host-limit", "1",
                  env={"REHOST_TEST_EVENTS": str(log)})
     assert res.returncode == 0, res.stdout + res.stderr
     assert "4 of 4 VM(s) moved" in res.stdout

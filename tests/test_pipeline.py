@@ -451,3 +451,66 @@ def test_resume_of_a_finished_campaign_runs_no_stage_again(tmp_path: Path) -> No
     finally:
         ctx.close()
     assert [c for c in recorder.calls if c.startswith(("vm_", "notify"))] == []
+
+
+class TwoHosts(Performer):
+    """Four VMs, two on each of two source hosts; the transfer stage measures how many VMs of
+    one host copy at once, and waits (bounded) for a VM of the other host to copy alongside."""
+
+    def __init__(self) -> None:
+        super().__init__(["a1", "a2", "b1", "b2"])
+        import threading
+
+        self.lock = threading.Lock()
+        self.busy: dict[str, int] = {}
+        self.peak: dict[str, int] = {}
+        self.together = threading.Barrier(2, timeout=20)
+
+    @hookimpl
+    def rehost_select_vms(self, ctx: Campaign) -> list[VM]:
+        return [VM(name=f"ABQ_{n}", uuid=n, label=n, source_host=f"src-{n[0]}")
+                for n in self.vm_names]
+
+    @hookimpl
+    def rehost_vm_locate(self, vm: VM, ctx: Campaign) -> dict[str, Any] | None:
+        return self._do("locate", vm)
+
+    @hookimpl(tryfirst=True)
+    def rehost_vm_transfer(self, vm: VM, ctx: Campaign) -> dict[str, Any] | None:
+        host = vm.source_host or ""
+        with self.lock:
+            self.busy[host] = self.busy.get(host, 0) + 1
+            self.peak[host] = max(self.peak.get(host, 0), self.busy[host])
+        try:
+            self.together.wait()  # the other host's VM copies at the same time
+        finally:
+            with self.lock:
+                self.busy[host] -= 1
+        return {"stage": "transfer"}
+
+
+def test_per_host_limit_keeps_one_copy_per_source_host_while_hosts_run_in_parallel(
+        tmp_path: Path) -> None:
+    performer = TwoHosts()
+    ctx, _ = campaign(tmp_path, performer)
+    ctx.config.campaign.parallel = 4
+    ctx.config.campaign.per_host_limit = 1
+    try:
+        outcome = run_campaign(ctx)
+    finally:
+        ctx.close()
+    assert outcome == {f"ABQ_{n}": "done" for n in ("a1", "a2", "b1", "b2")}
+    assert performer.peak == {"src-a": 1, "src-b": 1}
+    # one host's two VMs never overlap (the journal's times say so; which goes first is up to
+    # the workers), while the two hosts' VMs copied together (the barrier let them through)
+    j = Journal(tmp_path / "state")
+    try:
+        def when(vm: str, stage: str, event: str) -> float:
+            return next(e.ts for e in j.events(f"ABQ_{vm}")
+                        if e.stage == stage and e.event == event)
+
+        for one, other in (("a1", "a2"), ("b1", "b2")):
+            first, second = sorted((one, other), key=lambda n: when(n, "locate", "start"))
+            assert when(second, "locate", "start") >= when(first, "cleanup", "finish")
+    finally:
+        j.close()
