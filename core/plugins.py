@@ -283,6 +283,10 @@ class Hooks:
         result: dict[str, Any] | None = self._hook.rehost_rollback_vm(vm=vm, ctx=ctx)
         return result
 
+    def report_template_dirs(self, ctx: Campaign) -> list[list[str]]:
+        result: list[list[str]] = self._hook.rehost_report_template_dirs(ctx=ctx)
+        return result
+
     def report(self, ctx: Campaign, outdir: str, formats: list[str]) -> list[str]:
         paths: list[str] = []
         for written in self._hook.rehost_report(ctx=ctx, outdir=outdir, formats=formats):

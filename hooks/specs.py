@@ -364,6 +364,26 @@ def rehost_rollback_vm(vm: VM, ctx: Campaign) -> dict[str, Any] | None:
 
 
 @hookspec
+def rehost_report_template_dirs(ctx: Campaign) -> list[str]:
+    """Directories of report templates a plugin brings. Every plugin is asked.
+
+    The built-in reporters look a template up first in the site config's
+    ``report.template_dir``, then in these directories (the last registered plugin first),
+    then among the built-in templates. A template found here replaces the built-in one of the
+    same name, or extends it: ``{% extends "builtin/report.html.j2" %}``.
+
+    :param ctx: the campaign being reported.
+    :return: template directories.
+
+    Example::
+
+        @hookimpl
+        def rehost_report_template_dirs(ctx):
+            return [str(Path(__file__).parent / "templates")]
+    """
+
+
+@hookspec
 def rehost_report(ctx: Campaign, outdir: str, formats: list[str]) -> list[str]:
     """Write the campaign's report. Every reporter is called; reporters observe only.
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from rehost.hooks import hookimpl
 from rehost.reports.collect import campaign_report
-from rehost.reports.render import render, write
+from rehost.reports.render import TemplateDirs, render, template_dirs, write
 
 if TYPE_CHECKING:
     from rehost.core.campaign import Campaign
@@ -113,7 +113,7 @@ def timeline(report: dict[str, Any]) -> dict[str, Any]:
                 ("failed", FAILED_COLOUR), ("did not finish", RUNNING_COLOUR)]}
 
 
-def render_html(report: dict[str, Any], template_dir: str | None = None) -> str:
+def render_html(report: dict[str, Any], template_dir: TemplateDirs = None) -> str:
     return render("report.html.j2", report, template_dir, t=timeline(report))
 
 
@@ -121,5 +121,5 @@ def render_html(report: dict[str, Any], template_dir: str | None = None) -> str:
 def rehost_report(ctx: Campaign, outdir: str, formats: list[str]) -> list[str]:
     if "html" not in formats:
         return []
-    text = render_html(campaign_report(ctx), ctx.config.report.template_dir)
+    text = render_html(campaign_report(ctx), template_dirs(ctx))
     return [write(Path(outdir) / "report.html", text)]

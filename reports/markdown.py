@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from rehost.hooks import hookimpl
 from rehost.reports.collect import campaign_report
-from rehost.reports.render import render, write
+from rehost.reports.render import TemplateDirs, render, template_dirs, write
 
 if TYPE_CHECKING:
     from rehost.core.campaign import Campaign
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 __all__ = ["campaign_report", "rehost_report", "render_markdown"]
 
 
-def render_markdown(report: dict[str, Any], template_dir: str | None = None) -> str:
+def render_markdown(report: dict[str, Any], template_dir: TemplateDirs = None) -> str:
     """The Markdown text, blank lines left by the template's conditionals folded away."""
     text = render("report.md.j2", report, template_dir)
     return re.sub(r"\n{3,}", "\n\n", text).rstrip("\n") + "\n"
@@ -26,5 +26,5 @@ def render_markdown(report: dict[str, Any], template_dir: str | None = None) -> 
 def rehost_report(ctx: Campaign, outdir: str, formats: list[str]) -> list[str]:
     if "md" not in formats:
         return []
-    text = render_markdown(campaign_report(ctx), ctx.config.report.template_dir)
+    text = render_markdown(campaign_report(ctx), template_dirs(ctx))
     return [write(Path(outdir) / "report.md", text)]

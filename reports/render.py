@@ -1,5 +1,6 @@
 """Rendering reports with jinja2: the templates under reports/templates, or a site's own
-(``report.template_dir`` in the site config, looked up first).
+(``report.template_dir`` in the site config, looked up first, then the directories plugins
+give through ``rehost_report_template_dirs``).
 
 A site template may replace a built-in one outright (same name), or extend it and override
 its blocks: ``{% extends "builtin/report.html.j2" %}``.
@@ -7,10 +8,14 @@ its blocks: ``{% extends "builtin/report.html.j2" %}``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jinja2
+
+if TYPE_CHECKING:
+    from rehost.core.campaign import Campaign
 
 
 def filesize(n: Any) -> str:
@@ -49,11 +54,24 @@ def clock(iso: Any) -> str:
     return text[11:19] if len(text) >= 19 else text
 
 
-def environment(template_dir: str | None = None) -> jinja2.Environment:
+TemplateDirs = str | Sequence[str] | None
+
+
+def template_dirs(ctx: Campaign) -> list[str]:
+    """Where a campaign's report templates are looked up before the built-in ones: the site
+    config's ``report.template_dir``, then every plugin's ``rehost_report_template_dirs``."""
+    dirs = [ctx.config.report.template_dir] if ctx.config.report.template_dir else []
+    for answer in ctx.hooks.report_template_dirs(ctx):
+        dirs.extend(str(d) for d in answer or [])
+    return dirs
+
+
+def environment(template_dir: TemplateDirs = None) -> jinja2.Environment:
     builtin = jinja2.PackageLoader("rehost.reports", "templates")
     loaders: list[jinja2.BaseLoader] = []
-    if template_dir:
-        loaders.append(jinja2.FileSystemLoader(template_dir))
+    dirs = [template_dir] if isinstance(template_dir, str) else list(template_dir or [])
+    if dirs:
+        loaders.append(jinja2.FileSystemLoader(dirs))
     loaders += [builtin, jinja2.PrefixLoader({"builtin": builtin})]
     env = jinja2.Environment(
         loader=jinja2.ChoiceLoader(loaders),
@@ -68,7 +86,7 @@ def environment(template_dir: str | None = None) -> jinja2.Environment:
     return env
 
 
-def render(name: str, report: dict[str, Any], template_dir: str | None = None,
+def render(name: str, report: dict[str, Any], template_dir: TemplateDirs = None,
            **extra: Any) -> str:
     return environment(template_dir).get_template(name).render(r=report, **extra)
 

@@ -430,6 +430,46 @@ def test_rehost_report_writes_every_format_from_the_journal(tmp_path: Path,
     assert [p.name for p in only.iterdir()] == ["report.json"]
 
 
+def test_a_plugin_brings_report_templates_and_the_site_dir_still_wins(
+        tmp_path: Path, clock: Clock) -> None:
+    """A site plugin file (named in the site config) gives a template directory through
+    rehost_report_template_dirs; `rehost report` uses it, and the site's own template_dir is
+    looked up before it."""
+    from tests.campaign_helpers import rehost
+
+    empty = tmp_path / "empty-node.xml"
+    empty.write_text("<node></node>")
+    plugin_templates = tmp_path / "plugin-templates"
+    plugin_templates.mkdir()
+    (plugin_templates / "report.html.j2").write_text(
+        '{% extends "builtin/report.html.j2" %}'
+        '{% block header %}<h1>Plugin header for {{ r.campaign }}</h1>{% endblock %}')
+    (plugin_templates / "report.md.j2").write_text("plugin markdown\n")
+    plugin = tmp_path / "acme_templates.py"
+    plugin.write_text(
+        "from rehost.hooks import hookimpl\n\n"
+        "@hookimpl\n"
+        "def rehost_report_template_dirs(ctx):\n"
+        f"    return [{str(plugin_templates)!r}]\n")
+    site_templates = tmp_path / "site-templates"
+    site_templates.mkdir()
+    (site_templates / "report.md.j2").write_text(
+        "Site ticket for {{ r.campaign }}: {{ r.vms | length }} VMs\n")
+    (tmp_path / "site.toml").write_text(
+        SITE.format(empty=empty)
+        + f'\n[plugins]\nfiles = [{str(plugin)!r}]\n'
+        + f'\n[report]\ntemplate_dir = {str(site_templates)!r}\n')
+    (tmp_path / "abiquo.password").write_text(SECRET + "\n")
+    campaign(tmp_path, clock, ["web01", "db01"]).close()
+
+    out = tmp_path / "out"
+    res = rehost("report", "-c", str(tmp_path / "site.toml"), "-o", str(out))
+    assert res.returncode == 0, res.stdout + res.stderr
+    html = (out / "report.html").read_text()
+    assert "<h1>Plugin header for dc1</h1>" in html and 'id="timeline-chart"' in html
+    assert (out / "report.md").read_text() == "Site ticket for dc1: 2 VMs\n"
+
+
 # -- a real browser ----------------------------------------------------------------------------
 
 
