@@ -19,6 +19,7 @@ from loguru import logger
 from rehost.core.config import SiteConfig
 from rehost.core.errors import ConfigError, RehostError
 from rehost.core.journal import Journal
+from rehost.core.lock import CampaignLock
 from rehost.core.model import VM, Host, HostFacts
 from rehost.core.plugins import PluginManager, build_plugin_manager
 from rehost.core.remote import Shell
@@ -38,7 +39,10 @@ class Campaign:
         *,
         dry_run: bool = False,
         extra_plugins: list[tuple[object, str]] | None = None,
+        exclusive: str | None = None,
     ) -> None:
+        """``exclusive``: the command about to change things (``rehost run``, ...); it takes
+        the campaign's lock first and raises CampaignBusy while another process holds it."""
         self.config = config
         self.manager = manager or build_plugin_manager(
             block=config.plugins.block, plugin_files=config.plugins.files,
@@ -50,7 +54,16 @@ class Campaign:
         # anything is written
         self.manager.strategy("storage", config.storage.strategy)
         self.manager.strategy("allocation", config.allocation.strategy)
-        self.journal = Journal(config.state_dir)
+        self.lock: CampaignLock | None = None
+        if exclusive:
+            self.lock = CampaignLock(config.state_dir, config.campaign.name, exclusive)
+            self.lock.acquire()
+        try:
+            self.journal = Journal(config.state_dir)
+        except BaseException:
+            if self.lock:
+                self.lock.release()
+            raise
         self.log = logger.bind(campaign=config.campaign.name)
         # for machines: every log record of this campaign as a JSON line in the state dir
         self._log_sink = logger.add(str(self.state_dir / "rehost.log.jsonl"), serialize=True,
@@ -231,3 +244,5 @@ class Campaign:
             logger.remove(self._log_sink)
         except ValueError:
             pass
+        if self.lock:
+            self.lock.release()

@@ -162,7 +162,8 @@ def run_cmd(config_path: str, vms: tuple[str, ...], parallel: int | None,
     says what was done to keep it safe), 2 for bad usage or configuration."""
     run_and_report(build_campaign(config_path, dry_run=dry_run, parallel=parallel,
                                   per_host_limit=per_host_limit,
-                                  delete_backups=delete_backups), vms)
+                                  delete_backups=delete_backups, exclusive="rehost run"),
+                   vms)
 
 
 @main.command("resume")
@@ -171,7 +172,7 @@ def run_cmd(config_path: str, vms: tuple[str, ...], parallel: int | None,
 def resume_cmd(config_path: str) -> None:
     """Continue an interrupted campaign where its journal says it stopped (finished stages
     are skipped; a stage that started and did not finish runs again: each is safe twice)."""
-    ctx = build_campaign(config_path)
+    ctx = build_campaign(config_path, exclusive="rehost resume")
     if not ctx.journal.vm_rows():
         ctx.close()
         from rehost.core.errors import ConfigError
@@ -186,14 +187,17 @@ def resume_cmd(config_path: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @handle_errors
 def status_cmd(config_path: str, as_json: bool) -> None:
-    """Each VM's stage and state, from the campaign journal."""
+    """Each VM's stage and state, from the campaign journal, and whether a rehost is working
+    on the campaign right now."""
     from rehost.core.config import load_config
     from rehost.core.journal import Journal
+    from rehost.core.lock import holder
 
     cfg = load_config(config_path)
+    active = holder(cfg.state_dir) if cfg.state_dir.is_dir() else None
     if not (cfg.state_dir / "journal.sqlite").exists():
         if as_json:
-            emit_json({"campaign": cfg.campaign.name, "vms": []})
+            emit_json({"campaign": cfg.campaign.name, "active": active, "vms": []})
         else:
             click.echo(f"no campaign has run yet (state directory {cfg.state_dir})")
         return
@@ -205,8 +209,14 @@ def status_cmd(config_path: str, as_json: bool) -> None:
              "source_host": r["vm"].get("source_host"),
              "target_host": r["vm"].get("target_host")} for r in rows]
     if as_json:
-        emit_json({"campaign": cfg.campaign.name, "vms": data})
+        emit_json({"campaign": cfg.campaign.name, "active": active, "vms": data})
         return
+    if active is not None:
+        click.echo(f"in progress: `{active.get('command', 'rehost')}`, pid {active.get('pid', '?')}"
+                   f" on {active.get('host', '?')}, since {active.get('started', '?')}")
+    elif any(d["status"] == "running" for d in data):
+        click.echo("interrupted: no rehost is working on this campaign now; `rehost resume` "
+                   "goes on where it stopped")
     for d in data:
         click.echo(f"{d['label'] or d['name']:<16} {d['status']:<8} {d['stage'] or '-':<17} "
                    f"{d['source_host'] or '?'} -> {d['target_host'] or '?'}"
@@ -222,11 +232,13 @@ def confirm_cmd(config_path: str, vms: tuple[str, ...]) -> None:
     verify stage passed; the others keep their backups)."""
     from rehost.core.pipeline import confirm
 
-    ctx = build_campaign(config_path, progress=False)
+    ctx = build_campaign(config_path, progress=False, exclusive="rehost confirm")
     try:
         done = confirm(ctx, list(vms) or None)
     finally:
         ctx.close()
+    if not done:
+        click.echo("no VM of the campaign journal matches: nothing to confirm")
     for name, what in done.items():
         if isinstance(what, dict):
             click.echo(f"{name}: deleted {len(what['deleted'])} backup(s)")
@@ -249,7 +261,7 @@ def rollback_cmd(config_path: str, vms: tuple[str, ...]) -> None:
     says where its disks are)."""
     from rehost.core.pipeline import rollback
 
-    ctx = build_campaign(config_path, progress=False)
+    ctx = build_campaign(config_path, progress=False, exclusive="rehost rollback")
     try:
         done = rollback(ctx, list(vms))
     finally:

@@ -51,7 +51,9 @@ vm_option = click.option(
 
 def build_campaign(config_path: str, *, dry_run: bool = False, parallel: int | None = None,
                    per_host_limit: int | None = None, delete_backups: bool = False,
-                   progress: bool = True) -> Any:
+                   progress: bool = True, exclusive: str | None = None) -> Any:
+    """The campaign of a site config. ``exclusive`` names a command that changes things: it
+    holds the campaign's lock (another rehost on the same campaign is refused) until close."""
     from rehost.core.campaign import Campaign
     from rehost.core.config import load_config
     from rehost.core.errors import ConfigError
@@ -72,7 +74,8 @@ def build_campaign(config_path: str, *, dry_run: bool = False, parallel: int | N
         from rehost.core.progress import ProgressDisplay
 
         extra.append((ProgressDisplay(), "progress"))
-    return Campaign(cfg, dry_run=dry_run, extra_plugins=extra)
+    return Campaign(cfg, dry_run=dry_run, extra_plugins=extra,
+                    exclusive=None if dry_run else exclusive)
 
 
 def print_findings(findings: list[Any]) -> None:

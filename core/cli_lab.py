@@ -105,7 +105,7 @@ def demo_cmd(keep_lab: bool, description: str | None, storage: str | None,
         click.echo(f"lab up in {st.data.get('up_seconds')} s: "
                    + ", ".join(f"{h['name']} ({h['release']})" for h in st.data["hosts"]))
         click.echo(f"site config: {st.site_config}")
-        ctx = build_campaign(str(st.site_config))
+        ctx = build_campaign(str(st.site_config), exclusive="rehost demo")
         try:
             run_and_report(ctx, ())
             ok = True

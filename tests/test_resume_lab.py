@@ -56,6 +56,8 @@ def test_sigkill_then_resume_moves_the_vm_with_its_disks(make_lab, kill_at: str)
 
     status = rehost("status", "-c", str(st.site_config))
     assert "running" in status.stdout and kill_at in status.stdout
+    # the killed run left no lock: status says nobody is at work, and resume may start
+    assert status.stdout.startswith("interrupted: no rehost is working on this campaign now")
 
     res = rehost("resume", "-c", str(st.site_config))
     assert res.returncode == 0, res.stdout + res.stderr
