@@ -254,8 +254,13 @@ class AbiquoClient:
         return parse(Machine, self.get(href, "machine"))
 
     def set_machine_state(self, machine: Machine, state: str) -> Machine:
-        """``HALTED`` disables a machine (no deploys); ``MANAGED`` enables it again."""
-        current = self.get(machine.url, "machine")
+        """``HALTED`` disables a machine (no deploys); ``MANAGED`` enables it again (Abiquo
+        checks the hypervisor first: the state returned may be another, e.g. ``STOPPED``).
+
+        A PUT replaces the whole machine, so the body is read with ``?credentials=true``:
+        read without, it carries no hypervisor login, and would wipe the one Abiquo keeps.
+        That body is never logged."""
+        current = self.get(machine.url, "machine", params={"credentials": "true"})
         current["state"] = state
         resp = self.request("PUT", machine.href("edit"), accept="machine", content="machine",
                             body=current)

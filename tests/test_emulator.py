@@ -308,6 +308,18 @@ def test_deploys_land_where_rules_and_fit_policy_say(
         c.set_machine_state(machine(c, name), "MANAGED")
     assert {m.state for m in c.machines()} == {"MANAGED"}
 
+    # the hypervisor login Abiquo keeps for each machine is shown only with ?credentials=true,
+    # and disabling then enabling a machine (a PUT of the whole machine) keeps it
+    for name in ("c5-a", "c5-b", "c6-a"):
+        m = machine(c, name)
+        assert c.get(m.url, "machine")["password"] is None
+        login = c.get(m.url, "machine", params={"credentials": "true"})
+        assert login["user"] == "root" and login["password"]
+        c.set_machine_state(m, "HALTED")
+        c.set_machine_state(m, "MANAGED")
+        after = c.get(m.url, "machine", params={"credentials": "true"})
+        assert (after["user"], after["password"]) == (login["user"], login["password"]), name
+
 
 def test_a_vm_is_locked_while_its_task_runs(make_lab: Callable[[str], LabState]) -> None:
     st = make_lab(PRIVATE_LAB)

@@ -35,15 +35,20 @@ class Api:
         for method, pattern, fn in ROUTES:
             self.routes.append((method, re.compile(f"^{pattern}/?$"), fn))
 
-    def handle(self, method: str, path: str, body: Any) -> Answer:
+    def handle(self, method: str, path: str, body: Any,
+               query: dict[str, list[str]] | None = None) -> Answer:
+        """Answer one request. A handler sees the path's parts by name and the query's
+        parameters as ``?name`` (the last value given)."""
         path_matched = False
         for m, pattern, fn in self.routes:
             match = pattern.match(path)
             if match:
                 path_matched = True
                 if m == method:
+                    args = match.groupdict()
+                    args.update({f"?{k}": v[-1] for k, v in (query or {}).items() if v})
                     with self.inv.lock:
-                        return fn(self, match.groupdict(), body)
+                        return fn(self, args, body)
         if path_matched:
             raise ApiError(405, "405-METHOD NOT ALLOWED",
                            "The resource does not expose this method")
@@ -86,15 +91,23 @@ class Api:
 
     def machines(self, a: dict[str, str], b: Any) -> Answer:
         self._dc(a)
-        return 200, "machines", [self.inv.machine_json(m) for m in self.inv.machines.values()]
+        creds = a.get("?credentials") == "true"
+        return 200, "machines", [self.inv.machine_json(m, creds)
+                                 for m in self.inv.machines.values()]
 
     def machine(self, a: dict[str, str], b: Any) -> Answer:
-        return 200, "machine", self.inv.machine_json(self._machine(a))
+        return 200, "machine", self.inv.machine_json(self._machine(a),
+                                                     a.get("?credentials") == "true")
 
     def edit_machine(self, a: dict[str, str], b: Any) -> Answer:
         m = self._machine(a)
         if not isinstance(b, dict) or "state" not in b:
             raise ApiError(400, "GEN-2", "Invalid document; the machine needs a state")
+        # a PUT replaces the machine: the hypervisor login goes with it (a body read without
+        # ?credentials=true carries none, and wipes it)
+        for key in ("user", "password"):
+            if key in b:
+                setattr(m, key, b[key])
         self.emu.set_machine_state(m.id, str(b["state"]))
         return 200, "machine", self.inv.machine_json(m)
 

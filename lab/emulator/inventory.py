@@ -7,6 +7,7 @@ the lab's VMs, the allocation rules and the tasks. Everything is guarded by one 
 
 from __future__ import annotations
 
+import secrets
 import threading
 import time
 import uuid as uuidlib
@@ -30,6 +31,9 @@ class Machine:
     ram: int  # MiB
     state: str = "MANAGED"
     type: str = "KVM"
+    #: the hypervisor login Abiquo keeps for the machine (shown only with ?credentials=true)
+    user: str | None = "root"
+    password: str | None = None
 
 
 @dataclass
@@ -99,7 +103,7 @@ class Inventory:
         self.generation = 0
         for i, h in enumerate(lab.data["hosts"], start=1):
             self.machines[i] = Machine(i, h["name"], h["name"], h["address"], int(h["cpus"]),
-                                       int(h["ram_mib"]))
+                                       int(h["ram_mib"]), password=secrets.token_hex(8))
         for i, v in enumerate(lab.data["vms"], start=1):
             self.vms[i] = VM(i, v["uuid"], v["name"], int(v["cpu"]), int(v["ram_mib"]),
                              list(v["disks"]), v.get("volume"))
@@ -180,14 +184,15 @@ class Inventory:
                           self.link("datacenter", self.dc_path(), "datacenter"),
                           self.link("machines", f"{p}/machines", "machines")]}
 
-    def machine_json(self, m: Machine) -> dict[str, Any]:
+    def machine_json(self, m: Machine, credentials: bool = False) -> dict[str, Any]:
         cpu_used, ram_used = self.used(m)
         p = self.machine_path(m)
         h = self.lab.host(m.host)
         return {
             "id": m.id, "name": m.name, "description": f"lab host {m.host}", "state": m.state,
             "virtualSwitch": "abiquo", "port": 8889, "ip": m.ip, "ipService": m.ip,
-            "type": m.type, "user": None, "password": None,
+            "type": m.type, "user": m.user if credentials else None,
+            "password": m.password if credentials else None,
             "datastores": {"collection": [{"id": m.id, "name": "datastore",
                                            "rootPath": h["datastore"], "directory": "",
                                            "enabled": True}]},

@@ -68,10 +68,11 @@ class Handler(BaseHTTPRequestHandler):
             parts = urlsplit(self.path)
             if not parts.path.startswith("/api/"):
                 raise ApiError(404, "404-NOT FOUND", "The requested resource does not exist")
+            query = parse_qs(parts.query)
             status, entity, data = self.server.api.handle(method, parts.path[5:].strip("/"),
-                                                          body)
+                                                          body, query)
             if isinstance(data, list):
-                data = self._page(parts.path, parse_qs(parts.query), data)
+                data = self._page(parts.path, query, data)
             self._send(status, entity, data, version)
         except ApiError as exc:
             self._error(exc, version)

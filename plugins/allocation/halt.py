@@ -37,13 +37,21 @@ class HaltFence:
 
     def unfence(self, ctx: Campaign, fenced: dict[str, Any]) -> dict[str, Any]:
         machines = {ctx.abiquo.absolute(m.url): m for m in ctx.abiquo.machines()}
-        restored = []
+        restored, not_restored = [], []
         for rec in fenced.get("halted", []):
             m = machines.get(rec["url"])
-            if m is not None and m.state != rec["state"]:
-                ctx.abiquo.set_machine_state(m, rec["state"])
+            if m is None or m.state == rec["state"]:
+                continue
+            # leaving HALTED, Abiquo checks the hypervisor first: it may land elsewhere
+            now = ctx.abiquo.set_machine_state(m, rec["state"]).state
+            if now == rec["state"]:
                 restored.append(rec)
-        return {"restored": restored}
+            else:
+                ctx.log.warning("{}: asked Abiquo to put it back to {}, it is {} (Abiquo's "
+                                "check of the hypervisor); see to it by hand", rec["machine"],
+                                rec["state"], now)
+                not_restored.append({**rec, "now": now})
+        return {"restored": restored, "not_restored": not_restored}
 
 
 @hookimpl(trylast=True)
