@@ -178,7 +178,13 @@ def resume_cmd(config_path: str) -> None:
         from rehost.core.errors import ConfigError
 
         raise ConfigError(f"nothing to resume: no campaign journal in {ctx.state_dir}")
-    names = tuple(r["name"] for r in ctx.journal.vm_rows())
+    rows = ctx.journal.vm_rows()
+    names = tuple(r["name"] for r in rows if r["status"] != "rolled_back")
+    if not names:
+        ctx.close()
+        click.echo("nothing to resume: every VM of the campaign was rolled back "
+                   "(`rehost run --vm NAME` moves one again)")
+        return
     run_and_report(ctx, names)
 
 

@@ -162,9 +162,14 @@ class Journal:
 
     def finished_stages(self, vm: str | None) -> dict[str, dict[str, Any]]:
         """The stages that finished (or were skipped) for a VM (None: the campaign), with the
-        result of their last run."""
+        result of their last run. A VM rolled back is where it was before the campaign: what
+        it did before the rollback no longer counts (moved again, it starts over)."""
         out: dict[str, dict[str, Any]] = {}
         for ev in self.events(vm) if vm is not None else self._campaign_events():
+            if ev.stage == "rollback":
+                if ev.event == "finish":
+                    out.clear()
+                continue
             if ev.event in ("finish", "skip"):
                 out[ev.stage] = ev.data
             elif ev.event == "start":

@@ -102,6 +102,18 @@ def make_plan(ctx: Campaign, only: list[str] | None = None) -> Plan:
     if ctx.config.abiquo is not None and ctx.config.abiquo.discover and not ctx.discovered:
         ctx.discovered = ctx.discover_hosts()
     vms = select_vms(ctx)
+    # a VM the operator rolled back stays where it is, unless named again (`run --vm NAME`)
+    rolled = {r["name"] for r in ctx.journal.vm_rows() if r["status"] == "rolled_back"}
+    named = set(only or [])
+    kept: list[Finding] = []
+    for v in [v for v in vms if v.name in rolled and not named & {v.name, v.uuid, v.label}]:
+        vms.remove(v)
+        ctx.log.warning("{}: rolled back earlier, left where it is (`rehost run --vm {}` "
+                        "moves it again)", v.label or v.name, v.label or v.name)
+        kept.append(Finding("info", "rolled-back",
+                            f"was rolled back: it stays on {v.source_host or 'its source host'}"
+                            f" (`rehost run --vm {v.label or v.name}` moves it again)",
+                            vm=v.label or v.name))
     if only:
         wanted = set(only)
         unknown = wanted - {n for v in vms for n in (v.name, v.uuid, v.label)}
@@ -112,7 +124,7 @@ def make_plan(ctx: Campaign, only: list[str] | None = None) -> Plan:
                               f"(known: {', '.join(v.label or v.name for v in vms)})")
         vms = [v for v in vms if wanted & {v.name, v.uuid, v.label}]
     ctx.vms = vms
-    findings = ctx.hooks.preflight(ctx)
+    findings = kept + ctx.hooks.preflight(ctx)
     return Plan(vms, findings, ctx.config.storage.strategy, ctx.config.allocation.strategy,
                 [h.name for h in ctx.config.targets()])
 

@@ -76,3 +76,40 @@ def test_rollback_puts_the_vm_back_with_its_own_disks(
     report = json.loads((st.root / "reports" / "report.json").read_text())
     assert report["vms"][0]["outcome"] == "rolled_back"
     assert report["vms"][0]["still_down"] is False
+
+    if stage != "transfer":
+        return
+    # a VM rolled back stays where it is: a later resume or run leaves it alone ...
+    res = rehost("resume", "-c", str(st.site_config))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "nothing to resume: every VM of the campaign was rolled back" in res.stdout
+    res = rehost("run", "-c", str(st.site_config))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "bad: rolled back earlier, left where it is" in res.stderr, res.stderr
+    with abiquo(st) as client:
+        assert client.vm_machine(client.find_vm(uuid=bad["uuid"])).ip == \
+            st.host("c5-a")["address"]
+    for disk in bad["disks"]:
+        assert src.checksum(disk["path"], "sha1") == disk["sha1"]
+    # ... until the operator names it: then it moves from the start, users told first
+    plugin.write_text("")
+    res = rehost("run", "-c", str(st.site_config), "--vm", "bad")
+    assert res.returncode == 0, res.stdout + res.stderr
+    with abiquo(st) as client:
+        avm = client.find_vm(uuid=bad["uuid"])
+        assert avm.state == "ON"
+        assert client.vm_machine(avm).ip == st.host("c6-a")["address"]
+    for disk in bad["disks"]:
+        assert tgt.checksum(disk["path"], "sha1") == disk["sha1"]
+    from rehost.core.journal import Journal
+    from rehost.core.model import VM_STAGES
+
+    j = Journal(st.root / "state")
+    try:
+        history = [(e.stage, e.event) for e in j.events(bad["domain"])]
+    finally:
+        j.close()
+    last_rollback = max(i for i, e in enumerate(history) if e == ("rollback", "finish"))
+    assert [s for s, ev in history[last_rollback + 1:] if ev == "finish"] == list(VM_STAGES)
+    assert rules_snapshot(st) == before
+
