@@ -200,8 +200,9 @@ def rehost_vm_deploy(vm: VM, ctx: Campaign) -> dict[str, Any]:
             "target host: its disks there are templates; the user's disks stay as _BACK on "
             f"{vm.source_host}")
     facts = ctx.facts(host)
-    if facts.centos_major is not None and facts.centos_major < 6:
-        raise PreconditionError(f"{vm.name} landed on {host} ({facts.os_release}), not CentOS 6")
+    if facts.centos_major != 6:  # unknown is not CentOS 6 either
+        raise PreconditionError(f"{vm.name} landed on {host} ({facts.os_release}), not CentOS 6:"
+                                f" the user's disks stay as _BACK on {vm.source_host}")
     vm.target_host = host
     return {"host": host, "os_release": facts.os_release, "how": how,
             "abiquo_state": client.vm(avm).state}

@@ -299,7 +299,7 @@ def _target(vm: VM, ctx: Campaign) -> str:
     if host.role != "target":
         raise PreconditionError(f"{vm.name} is on {host.name}, which is not a target host")
     facts = ctx.facts(host.name)
-    if facts.centos_major is not None and facts.centos_major < 6:
+    if facts.centos_major != 6:  # unknown is not CentOS 6 either
         raise PreconditionError(f"{vm.name} is on {host.name}, which runs "
                                 f"{facts.os_release}: will not touch its disks")
     return host.name
