@@ -45,16 +45,16 @@ def _vm_machine(client: AbiquoClient, vm: VirtualMachine,
     return machines.get(client.absolute(link.href)) or client.machine(link.href)
 
 
-def _abiquo_vm(ctx: Campaign, vm: VM) -> VirtualMachine:
+def _abiquo_vm(ctx: Campaign, vm: VM, wait: bool = True) -> VirtualMachine:
     """The VM as Abiquo shows it now; while it is LOCKED (an action of an earlier,
-    interrupted run still in progress) wait until it is not."""
+    interrupted run still in progress) wait until it is not, unless ``wait`` is false."""
     client = ctx.abiquo
     if vm.abiquo_href:
         found = client.vm(vm.abiquo_href)
     else:
         found = client.find_vm(uuid=vm.uuid)
         vm.abiquo_href = client.absolute(found.url)
-    if found.state == "LOCKED":
+    if found.state == "LOCKED" and wait:
         found = client.wait_vm(found, DEPLOYED | {"NOT_ALLOCATED", "UNKNOWN"},
                                timeout=ctx.config.campaign.task_timeout)
     return found
@@ -105,9 +105,12 @@ def rehost_preflight(ctx: Campaign) -> list[Finding]:
                                     f"no Abiquo machine has the address {host.address}",
                                     host=host.name))
     need_cpu = need_ram = 0
+    # a VM this campaign already acted on may be LOCKED by its own interrupted action: wait
+    # for it; any other LOCKED VM is someone else's business, and a finding at once
+    started = {r["name"] for r in ctx.journal.vm_rows() if r["status"] != "pending"}
     for vm in ctx.vms:
         try:
-            avm = _abiquo_vm(ctx, vm)
+            avm = _abiquo_vm(ctx, vm, wait=vm.name in started)
         except Exception as exc:
             findings.append(Finding("critical", "abiquo-vm", f"not found in Abiquo: {exc}",
                                     vm=vm.label or vm.name))

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Any
 
 import pytest
 
 from rehost.core.model import HostFacts
 from rehost.plugins.preflight import check_compatibility
+from tests import test_abiquo_client as scripted
 from tests.campaign_helpers import abiquo, rehost, rules_snapshot, two_host_lab
+
+fake = scripted.fake  # the scripted HTTP server, as a fixture here too
 
 TWO_HOST_LAB = two_host_lab("preflight", """
 [[vms]]
@@ -89,3 +93,54 @@ def test_hosts_discovered_from_abiquo(make_lab) -> None:
     assert [(v["uuid"], v["source_host"]) for v in data["vms"]] == [
         (st.vm("only")["uuid"], "c5-a")]
     assert not [f for f in data["findings"] if f["severity"] == "critical"]
+
+
+# -- LOCKED VMs: someone else's action is a finding at once; our own interrupted one is awaited
+
+
+def _preflight_ctx(abiquo_url: str, tmp_path: Any, status: str | None) -> Any:
+    from types import SimpleNamespace
+
+    from rehost.core.journal import Journal
+    from rehost.core.model import VM
+    from tests.test_abiquo_client import client
+
+    vm = VM(name="ABQ_u7", uuid="u7", label="web01", source_host="c5-a",
+            abiquo_href=f"{abiquo_url}/cloud/vm/7")
+    journal = Journal(tmp_path / "state")
+    if status:
+        journal.add_vm(vm, 0)
+        journal.record(vm, "power_off", "start")
+    config = SimpleNamespace(abiquo=object(), hosts={}, sources=lambda: [], targets=lambda: [],
+                             campaign=SimpleNamespace(task_timeout=30))
+    return SimpleNamespace(abiquo=client(abiquo_url), config=config, vms=[vm], journal=journal,
+                           host_by_address=lambda a: None)
+
+
+def test_a_vm_locked_by_someone_else_is_critical_at_once(fake: Any, tmp_path: Any) -> None:
+    from rehost.plugins.abiquo import rehost_preflight
+    from tests.test_abiquo_client import VM as VM_JSON
+
+    fake.script["/api/admin/datacenters"] = [(200, {"collection": []})]
+    fake.script["/api/cloud/vm/7"] = [(200, {**VM_JSON, "state": "LOCKED"})]
+    ctx = _preflight_ctx(fake.url, tmp_path, None)
+    found = rehost_preflight(ctx)
+    ctx.journal.close()
+    assert [(f.severity, f.code, f.vm) for f in found if f.code == "vm-state"] == [
+        ("critical", "vm-state", "web01")]
+    assert [s.path for s in fake.seen].count("/api/cloud/vm/7") == 1  # read once, no waiting
+
+
+def test_a_vm_locked_by_our_own_interrupted_run_is_awaited(fake: Any, tmp_path: Any) -> None:
+    from rehost.plugins.abiquo import rehost_preflight
+    from tests.test_abiquo_client import VM as VM_JSON
+
+    fake.script["/api/admin/datacenters"] = [(200, {"collection": []})]
+    fake.script["/api/cloud/vm/7"] = [(200, {**VM_JSON, "state": "LOCKED"}),
+                                      (200, {**VM_JSON, "state": "LOCKED"}),
+                                      (200, {**VM_JSON, "state": "OFF"})]
+    ctx = _preflight_ctx(fake.url, tmp_path, "running")
+    found = rehost_preflight(ctx)
+    ctx.journal.close()
+    assert not [f for f in found if f.code in ("vm-state", "abiquo-vm")]
+    assert [s.path for s in fake.seen].count("/api/cloud/vm/7") == 3
