@@ -119,7 +119,8 @@ def plugins_cmd(config_path: str | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @handle_errors
 def plan_cmd(config_path: str, vms: tuple[str, ...], as_json: bool) -> None:
-    """What would move where, and the preflight findings. Changes nothing."""
+    """What would move where, and the preflight findings. Changes nothing on the hosts or in
+    Abiquo (the preflight is journaled in the state directory)."""
     from rehost.core.pipeline import make_plan
 
     ctx = build_campaign(config_path, dry_run=True, progress=False)
@@ -151,18 +152,23 @@ def plan_cmd(config_path: str, vms: tuple[str, ...], as_json: bool) -> None:
               help="VMs moved at once from one source host (default: campaign.per_host_limit; "
                    "0: no limit).")
 @click.option("--dry-run", is_flag=True, help="Preflight and plan only; change nothing.")
+@click.option("--accept-downtime", is_flag=True,
+              help="The VMs' users agreed to the downtime (as campaign.downtime_accepted); "
+                   "without it, run refuses to start.")
 @click.option("--delete-backups", is_flag=True,
               help="Delete X_BACK on the source datastore once a VM is verified.")
 @handle_errors
 def run_cmd(config_path: str, vms: tuple[str, ...], parallel: int | None,
-            per_host_limit: int | None, dry_run: bool, delete_backups: bool) -> None:
+            per_host_limit: int | None, dry_run: bool, accept_downtime: bool,
+            delete_backups: bool) -> None:
     """Run the campaign: preflight, fence, every VM's protocol, unfence, report.
 
     Exit code 0 when every VM moved, 1 when a VM failed (it stops at a safe point; the report
     says what was done to keep it safe), 2 for bad usage or configuration."""
     run_and_report(build_campaign(config_path, dry_run=dry_run, parallel=parallel,
                                   per_host_limit=per_host_limit,
-                                  delete_backups=delete_backups, exclusive="rehost run"),
+                                  delete_backups=delete_backups, exclusive="rehost run",
+                                  accept_downtime=accept_downtime),
                    vms)
 
 

@@ -51,7 +51,8 @@ vm_option = click.option(
 
 def build_campaign(config_path: str, *, dry_run: bool = False, parallel: int | None = None,
                    per_host_limit: int | None = None, delete_backups: bool = False,
-                   progress: bool = True, exclusive: str | None = None) -> Any:
+                   progress: bool = True, exclusive: str | None = None,
+                   accept_downtime: bool = False) -> Any:
     """The campaign of a site config. ``exclusive`` names a command that changes things: it
     holds the campaign's lock (another rehost on the same campaign is refused) until close."""
     from rehost.core.campaign import Campaign
@@ -69,6 +70,8 @@ def build_campaign(config_path: str, *, dry_run: bool = False, parallel: int | N
         cfg.campaign.per_host_limit = per_host_limit
     if delete_backups:
         cfg.campaign.delete_backups = True
+    if accept_downtime:
+        cfg.campaign.downtime_accepted = True
     extra: list[tuple[object, str]] = []
     if progress:
         from rehost.core.progress import ProgressDisplay

@@ -12,6 +12,8 @@ Example (every key; see README.md and `rehost lab up` for a working one)::
     delete_backups = false                 # cleanup deletes X_BACK only when true
     power_off_timeout = 60                 # graceful shutdown limit, seconds, then forced
     task_timeout = 600                     # Abiquo task limit, seconds
+    downtime_accepted = false              # true once the VMs' users agreed to the downtime:
+                                           # run refuses without it (or --accept-downtime)
 
     [ssh]
     config = "/etc/rehost/ssh_config"      # ssh -F; or key / known_hosts
@@ -73,6 +75,7 @@ class CampaignConfig:
     delete_backups: bool = False
     power_off_timeout: float = 60.0
     task_timeout: float = 600.0
+    downtime_accepted: bool = False
 
 
 @dataclass
@@ -234,6 +237,7 @@ def parse_config(text: str, path: str = "<string>") -> SiteConfig:
                                     _get("campaign", c, "power_off_timeout", float, 60.0)),
         task_timeout=_positive("campaign", "task_timeout",
                                _get("campaign", c, "task_timeout", float, 600.0)),
+        downtime_accepted=_get("campaign", c, "downtime_accepted", bool, False),
     )
 
     s = _table(data, "ssh", "")

@@ -152,6 +152,7 @@ def run_campaign(ctx: Campaign, only: list[str] | None = None) -> dict[str, str]
         plan = _campaign_stage(ctx, "preflight", lambda: _preflight(ctx, only))
         if ctx.dry_run:
             return {v.name: "planned" for v in plan.vms}
+        ctx.journal.set("downtime_accepted", True)  # a resume goes on without asking again
         for i, vm in enumerate(plan.vms):
             ctx.journal.add_vm(vm, i)
         fenced = ctx.journal.get("fenced")

@@ -46,6 +46,12 @@ def check_compatibility(abiquo: str, target: HostFacts, aim: str | None) -> list
 @hookimpl
 def rehost_preflight(ctx: Campaign) -> list[Finding]:
     findings: list[Finding] = []
+    if ctx.vms and not (ctx.config.campaign.downtime_accepted
+                        or ctx.journal.get("downtime_accepted")):
+        findings.append(Finding(
+            "critical", "downtime",
+            "every VM is powered off while it moves: once its users agreed to the downtime, "
+            "set campaign.downtime_accepted = true or run with --accept-downtime"))
     facts: dict[str, HostFacts] = {}
     for host in ctx.config.hosts.values():
         try:

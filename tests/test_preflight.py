@@ -56,13 +56,17 @@ def test_aim_version_must_match_the_abiquo_version() -> None:
 @pytest.mark.slow
 def test_a_critical_finding_stops_the_run_before_anything_changes(make_lab) -> None:
     st = make_lab(TWO_HOST_LAB)
-    cfg = st.site_config.read_text().replace('version = "2.6"', 'version = "2.4"')
+    good = st.site_config.read_text()
+    assert "downtime_accepted = true" in good
+    cfg = good.replace('version = "2.6"', 'version = "2.4"').replace(
+        "downtime_accepted = true", "downtime_accepted = false")
     st.site_config.write_text(cfg)
     before = rules_snapshot(st)
 
     plan = rehost("plan", "-c", str(st.site_config))
     assert plan.returncode == 1
     assert "critical [compatibility] Abiquo 2.4 supports CentOS 6.3.x" in plan.stdout
+    assert "critical [downtime] every VM is powered off while it moves" in plan.stdout
 
     res = rehost("run", "-c", str(st.site_config))
     assert res.returncode == 1, res.stdout + res.stderr
@@ -73,6 +77,15 @@ def test_a_critical_finding_stops_the_run_before_anything_changes(make_lab) -> N
         avm = client.find_vm(uuid=only["uuid"])
         assert avm.state == "ON"
         assert client.vm_machine(avm).ip == st.host("c5-a")["address"]
+
+    # the operator's word on the command line does for the config's
+    st.site_config.write_text(good.replace("downtime_accepted = true",
+                                           "downtime_accepted = false"))
+    res = rehost("run", "--dry-run", "-c", str(st.site_config))
+    assert res.returncode == 1 and "critical [downtime]" in res.stdout, res.stdout + res.stderr
+    res = rehost("run", "--dry-run", "--accept-downtime", "-c", str(st.site_config))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "dry run: these VMs would move (nothing was changed):" in res.stdout
 
 
 @pytest.mark.lab
