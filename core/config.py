@@ -36,7 +36,10 @@ Example (every key; see README.md and `rehost lab up` for a working one)::
 
     [storage]
     strategy = "scp"                       # `rehost plugins` lists them
-    [storage.options]
+    [storage.options]                      # for every built-in copying strategy:
+    checksum = "sha1"                      #   md5, sha1 or sha256 (whole disk, both ends)
+    verify = "checksum"                    #   or "size": size + sampled blocks (faster)
+    samples = 16                           #   1 MiB blocks compared when verify = "size"
 
     [allocation]
     strategy = "loadlevel"

@@ -257,6 +257,21 @@ class Shell:
             return out.rsplit("= ", 1)[-1].strip()
         raise ValueError(f"unknown checksum algorithm {algorithm!r}: choose md5, sha1 or sha256")
 
+    def sample_digests(self, path: str, block: int, blocks: list[int], *,
+                       timeout: float = 600) -> list[str]:
+        """The md5 of each of ``blocks`` (block numbers, ``block`` bytes each) of a file,
+        read with dd (CentOS 5's coreutils has it). The path and the numbers are the fixed
+        script's positional parameters: data, never code."""
+        script = ('f=$1; bs=$2; shift 2; for n in "$@"; do '
+                  'dd if="$f" bs="$bs" skip="$n" count=1 2>/dev/null | md5sum || exit 1; done')
+        out = self.run(["sh", "-c", script, "rehost-sample", path, str(block),
+                        *(str(int(n)) for n in blocks)], timeout=timeout).stdout
+        digests = [line.split()[0] for line in out.splitlines() if line.strip()]
+        if len(digests) != len(blocks):
+            raise RemoteError(self.name, ["dd", path], f"gave {len(digests)} sample digests "
+                              f"for {len(blocks)} blocks")
+        return digests
+
     def chown(self, path: str, owner: str) -> None:
         self.run(["chown", "--", owner, path])
 

@@ -275,11 +275,16 @@ def rehost_stage_finish(stage, vm, ctx, result):
 '''
 
 
-def test_verify_catches_a_damaged_disk_and_keeps_the_backup(make_lab, tmp_path: Path) -> None:
+@pytest.mark.parametrize("verify", ["checksum", "size"])
+def test_verify_catches_a_damaged_disk_and_keeps_the_backup(make_lab, tmp_path: Path,
+                                                            verify: str) -> None:
+    """Whole-disk checksums, or (verify = "size") the size and sampled blocks, the first
+    among them."""
     st = make_lab(SMALL_LAB)
     plugin = tmp_path / "corrupt.py"
     plugin.write_text(CORRUPTING_PLUGIN)
     add_to_site_config(st, f'[plugins]\nfiles = ["{plugin}"]')
+    add_to_site_config(st, f'[storage.options]\nverify = "{verify}"')
 
     res = rehost("run", "-c", str(st.site_config), "--vm", "bad", "--delete-backups")
     assert res.returncode == 1, res.stdout + res.stderr
@@ -288,6 +293,8 @@ def test_verify_catches_a_damaged_disk_and_keeps_the_backup(make_lab, tmp_path: 
     row = json.loads(rehost("status", "-c", str(st.site_config), "--json").stdout)["vms"][0]
     assert row["status"] == "failed" and row["stage"] == "verify"
     assert "the user's disk had" in row["error"]
+    if verify == "size":
+        assert "differs from the user's disk in 1 of" in row["error"], row["error"]
     # cleanup never ran: the user's disk is still on the source host, intact
     bad = st.vm("bad")
     src = shell(st, "c5-a")
@@ -299,6 +306,8 @@ def test_tar_strategy_moves_only_the_data_and_keeps_the_disk_thin(make_lab) -> N
     from rehost.lab.siteconfig import write_site_config
 
     write_site_config(st, storage="tar")
+    # and the quicker check: size and sampled blocks instead of whole-disk checksums
+    add_to_site_config(st, '[storage.options]\nverify = "size"\nsamples = 8')
     res = rehost("run", "-c", str(st.site_config), "--vm", "good")
     assert res.returncode == 0, res.stdout + res.stderr
     good = st.vm("good")
@@ -310,4 +319,8 @@ def test_tar_strategy_moves_only_the_data_and_keeps_the_disk_thin(make_lab) -> N
     assert on_target.allocated < disk["size"] // 8, "the copy filled the holes"
     transfer = journal_results(st, good["domain"], "transfer")
     assert transfer["strategy"] == "tar"
+    verify = journal_results(st, good["domain"], "verify")
+    assert verify["method"] == "size+sample"
+    assert [d["sample_blocks"] for d in verify["disks"]] == [8] * len(good["disks"])
+    assert "checksum" not in verify["disks"][0]
     assert transfer["bytes"] < disk["size"] // 8

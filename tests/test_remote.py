@@ -135,6 +135,8 @@ def test_hostile_name_survives_every_primitive(target: Target, name: str) -> Non
     assert st.uid == os.stat(target.here(name)).st_uid
     for algorithm in ("md5", "sha1", "sha256"):
         assert sh.checksum(path, algorithm) == hashlib.new(algorithm, data).hexdigest(), algorithm
+    assert sh.sample_digests(path, 65536, [1, 0]) == [
+        hashlib.md5(data[65536:]).hexdigest(), hashlib.md5(data[:65536]).hexdigest()]
 
     back = path + "_BACK"
     sh.rename(path, back)
@@ -252,6 +254,20 @@ def test_checksums_of_a_sparse_file_agree_with_hashlib(target: Target) -> None:
         assert got == hashlib.new(algorithm, data).hexdigest()
     with pytest.raises(ValueError, match="choose md5, sha1 or sha256"):
         target.shell.checksum(target.path("sparse disk"), "crc32")
+    mib = 1 << 20
+    assert target.shell.sample_digests(target.path("sparse disk"), mib, [0, 3, 7]) == [
+        hashlib.md5(data[n * mib:(n + 1) * mib]).hexdigest() for n in (0, 3, 7)]
+
+
+def test_sample_blocks_take_the_first_the_last_and_spread_between() -> None:
+    from rehost.plugins.storage.base import sample_blocks
+
+    mib = 1 << 20
+    assert sample_blocks(0, mib, 16) == []
+    assert sample_blocks(5 * mib + 1, mib, 16) == [0, 1, 2, 3, 4, 5]
+    assert sample_blocks(2048 * mib, mib, 5) == [0, 512, 1024, 1535, 2047]
+    assert len(sample_blocks(2048 * mib, mib, 16)) == 16
+    assert sample_blocks(2048 * mib, mib, 0) == []
 
 
 def test_free_space_is_what_statvfs_says(target: Target) -> None:

@@ -54,6 +54,15 @@ class DatastoreStrategy:
 
             raise ConfigError(f"storage.options.verify: choose checksum or size, "
                               f"not {self.verify_mode!r}")
+        # verify = "size": the size, and the bytes of a sample of 1 MiB blocks (first, last,
+        # evenly spaced between) read on both ends
+        self.samples = options.pop("samples", 16)
+        if not isinstance(self.samples, int) or isinstance(self.samples, bool) \
+                or self.samples < 0:
+            from rehost.core.errors import ConfigError
+
+            raise ConfigError(f"storage.options.samples: a whole number of blocks, 0 or more,"
+                              f" not {self.samples!r}")
         self.options = options
         self._check_options()
 
@@ -97,6 +106,10 @@ class DatastoreStrategy:
             if self.verify_mode == "checksum":
                 entry["checksum"] = sh.checksum(back, self.checksum)
                 entry["algorithm"] = self.checksum
+            elif self.samples:
+                blocks = sample_blocks(st.size, SAMPLE_BLOCK, self.samples)
+                entry["sample"] = {"block": SAMPLE_BLOCK, "blocks": blocks,
+                                   "md5": sh.sample_digests(back, SAMPLE_BLOCK, blocks)}
             out.append(entry)
         kept = [d.source for d in vm.disks if not d.is_file and d.source]
         return {"disks": out, "untouched": kept}
@@ -149,8 +162,10 @@ class DatastoreStrategy:
             raise PreconditionError(f"{vm.name} is {state} on {tgt}, not running")
         checked = [self.matches_user_disk(vm, ctx, tgt, disk, disk.source or "")
                    for disk in vm.file_disks()]
-        return {"ok": True, "host": tgt, "state": state, "disks": checked,
-                "method": self.verify_mode}
+        method = self.verify_mode
+        if method == "size" and checked and all("sample_blocks" in d for d in checked):
+            method = "size+sample"
+        return {"ok": True, "host": tgt, "state": state, "disks": checked, "method": method}
 
     def cleanup(self, vm: VM, ctx: Campaign) -> dict[str, Any]:
         if not (vm.facts.get("verify") or {}).get("ok"):
@@ -269,7 +284,35 @@ class DatastoreStrategy:
                                         f"user's disk had {rec['checksum']}")
             out["checksum"] = got
             out["algorithm"] = rec["algorithm"]
+        sample = rec.get("sample")
+        if sample:
+            got_md5 = sh.sample_digests(path, sample["block"], sample["blocks"])
+            differ = [n for n, a, b in zip(sample["blocks"], got_md5, sample["md5"], strict=True)
+                      if a != b]
+            if differ:
+                raise PreconditionError(
+                    f"{path} on {host} differs from the user's disk in {len(differ)} of "
+                    f"{len(sample['blocks'])} sampled {sample['block'] >> 20} MiB block(s) "
+                    f"(first: block {differ[0]}): the user's disk had other bytes there")
+            out["sample_blocks"] = len(sample["blocks"])
         return out
+
+
+#: the block size of verify = "size" samples
+SAMPLE_BLOCK = 1 << 20
+
+
+def sample_blocks(size: int, block: int, samples: int) -> list[int]:
+    """Which blocks of a ``size``-byte file to sample: the first, the last and the rest evenly
+    spaced between (every block of a small file)."""
+    count = -(-size // block)
+    if count <= 0 or samples <= 0:
+        return []
+    if count <= samples:
+        return list(range(count))
+    if samples == 1:
+        return [0]
+    return sorted({round(i * (count - 1) / (samples - 1)) for i in range(samples)})
 
 
 VIRTUAL_SIZE = re.compile(r"virtual size:.*\((\d+) bytes\)")
