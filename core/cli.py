@@ -121,7 +121,7 @@ def plugins_cmd(config_path: str | None, as_json: bool) -> None:
 def plan_cmd(config_path: str, vms: tuple[str, ...], as_json: bool) -> None:
     """What would move where, and the preflight findings. Changes nothing on the hosts or in
     Abiquo (the preflight is journaled in the state directory)."""
-    from rehost.core.pipeline import make_plan
+    from rehost.core.pipeline import plan as make_plan
 
     ctx = build_campaign(config_path, dry_run=True, progress=False)
     try:

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -308,9 +309,31 @@ def _run_vm_stage(ctx: Campaign, vm: VM, stage: str) -> Any:
     return result
 
 
+@contextmanager
+def configured(ctx: Campaign) -> Iterator[None]:
+    """``rehost_configure`` before a command works on the campaign, ``rehost_unconfigure``
+    after it, also when it failed."""
+    ctx.hooks.configure(ctx)
+    try:
+        yield
+    finally:
+        ctx.hooks.unconfigure(ctx)
+
+
+def plan(ctx: Campaign, only: list[str] | None = None) -> Plan:
+    """``rehost plan``: the VMs and the preflight findings, plugins configured."""
+    with configured(ctx):
+        return make_plan(ctx, only)
+
+
 def confirm(ctx: Campaign, only: list[str] | None = None) -> dict[str, Any]:
     """Delete the ``X_BACK`` disks of verified VMs (the ``cleanup`` stage, run again with
     ``delete_backups``). VMs that did not pass ``verify`` keep theirs."""
+    with configured(ctx):
+        return _confirm(ctx, only)
+
+
+def _confirm(ctx: Campaign, only: list[str] | None) -> dict[str, Any]:
     ctx.config.campaign.delete_backups = True
     out: dict[str, Any] = {}
     for row in ctx.journal.vm_rows():
@@ -329,6 +352,11 @@ def confirm(ctx: Campaign, only: list[str] | None = None) -> dict[str, Any]:
 
 def rollback(ctx: Campaign, names: list[str]) -> dict[str, Any]:
     """Put VMs that stopped part-way back on their source hosts (the ``rollback`` stage)."""
+    with configured(ctx):
+        return _rollback(ctx, names)
+
+
+def _rollback(ctx: Campaign, names: list[str]) -> dict[str, Any]:
     if ctx.journal.get("fenced") is not None and not ctx.journal.get("unfenced"):
         from rehost.core.errors import PreconditionError
 

@@ -36,7 +36,8 @@ if TYPE_CHECKING:
 
 @hookspec
 def rehost_configure(ctx: Campaign) -> None:
-    """Called once a campaign is built, before the preflight.
+    """Called once a command starts working on the campaign (``run``, ``resume``, ``plan``,
+    ``confirm``, ``rollback``): before the preflight.
 
     :param ctx: the campaign.
 
@@ -52,7 +53,8 @@ def rehost_configure(ctx: Campaign) -> None:
 
 @hookspec
 def rehost_unconfigure(ctx: Campaign) -> None:
-    """Called once when the campaign ends, after the report, also when it failed.
+    """Called once when the command's work on the campaign ends (after the report), also
+    when it failed.
 
     :param ctx: the campaign.
     """

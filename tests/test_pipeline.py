@@ -514,3 +514,23 @@ def test_per_host_limit_keeps_one_copy_per_source_host_while_hosts_run_in_parall
             assert when(second, "locate", "start") >= when(first, "cleanup", "finish")
     finally:
         j.close()
+
+
+def test_plan_and_confirm_configure_the_plugins_first_and_unconfigure_them_after(
+        tmp_path: Path) -> None:
+    """A plugin set up in rehost_configure (a notifier's connection, say) is ready for every
+    command that works on the campaign, not only run."""
+    from rehost.core.pipeline import confirm, plan
+
+    performer = Performer(["web01"])
+    ctx, recorder = campaign(tmp_path, performer)
+    try:
+        found = plan(ctx)
+        assert [v.label for v in found.vms] == ["web01"]
+        assert recorder.calls == ["configure", "select_vms", "preflight", "unconfigure"]
+        recorder.calls.clear()
+        assert confirm(ctx) == {}
+        assert recorder.calls[0] == "configure" and recorder.calls[-1] == "unconfigure"
+        assert "report" in recorder.calls
+    finally:
+        ctx.close()
