@@ -121,11 +121,11 @@ def plugins_cmd(config_path: str | None, as_json: bool) -> None:
 def plan_cmd(config_path: str, vms: tuple[str, ...], as_json: bool) -> None:
     """What would move where, and the preflight findings. Changes nothing on the hosts or in
     Abiquo (the preflight is journaled in the state directory)."""
-    from rehost.core.pipeline import plan as make_plan
+    from rehost.core import pipeline
 
     ctx = build_campaign(config_path, dry_run=True, progress=False)
     try:
-        plan = make_plan(ctx, list(vms) or None)
+        plan = pipeline.plan(ctx, list(vms) or None)
     finally:
         ctx.close()
     if as_json:
@@ -179,12 +179,12 @@ def resume_cmd(config_path: str) -> None:
     """Continue an interrupted campaign where its journal says it stopped (finished stages
     are skipped; a stage that started and did not finish runs again: each is safe twice)."""
     ctx = build_campaign(config_path, exclusive="rehost resume")
-    if not ctx.journal.vm_rows():
+    rows = ctx.journal.vm_rows()
+    if not rows:
         ctx.close()
         from rehost.core.errors import ConfigError
 
         raise ConfigError(f"nothing to resume: no campaign journal in {ctx.state_dir}")
-    rows = ctx.journal.vm_rows()
     names = tuple(r["name"] for r in rows if r["status"] != "rolled_back")
     if not names:
         ctx.close()
@@ -206,7 +206,7 @@ def status_cmd(config_path: str, as_json: bool) -> None:
     from rehost.core.lock import holder
 
     cfg = load_config(config_path)
-    active = holder(cfg.state_dir) if cfg.state_dir.is_dir() else None
+    active = holder(cfg.state_dir)
     if not (cfg.state_dir / "journal.sqlite").exists():
         if as_json:
             emit_json({"campaign": cfg.campaign.name, "active": active, "vms": []})

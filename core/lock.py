@@ -79,10 +79,6 @@ class CampaignLock:
         self.command = command
         self._fd: int | None = None
 
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
-
     def acquire(self) -> None:
         """Take the lock or raise :class:`CampaignBusy` at once (never waits)."""
         if self._fd is not None:

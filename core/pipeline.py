@@ -109,12 +109,12 @@ def make_plan(ctx: Campaign, only: list[str] | None = None) -> Plan:
     kept: list[Finding] = []
     for v in [v for v in vms if v.name in rolled and not named & {v.name, v.uuid, v.label}]:
         vms.remove(v)
+        who = v.label or v.name
         ctx.log.warning("{}: rolled back earlier, left where it is (`rehost run --vm {}` "
-                        "moves it again)", v.label or v.name, v.label or v.name)
+                        "moves it again)", who, who)
         kept.append(Finding("info", "rolled-back",
                             f"was rolled back: it stays on {v.source_host or 'its source host'}"
-                            f" (`rehost run --vm {v.label or v.name}` moves it again)",
-                            vm=v.label or v.name))
+                            f" (`rehost run --vm {who}` moves it again)", vm=who))
     if only:
         wanted = set(only)
         unknown = wanted - {n for v in vms for n in (v.name, v.uuid, v.label)}
