@@ -1,8 +1,10 @@
 """The campaign: what every hook receives as ``ctx``.
 
-It holds the site config, the plugin manager and its typed hook facade, the journal, the chosen
-strategies, and cached ways to reach hosts (a :class:`~rehost.core.remote.Shell` and a
-:class:`~rehost.core.hypervisor.Hypervisor` per host) and the control plane.
+It holds the site config, the plugin manager and its typed hook facade, the plugins' validated
+settings, the journal, the chosen strategies (control plane, storage, allocation), and cached
+ways to reach hosts (a :class:`~rehost.core.remote.Shell` and a
+:class:`~rehost.core.hypervisor.Hypervisor` per host). Plugins see it as
+:class:`rehost.core.types.Context`.
 """
 
 from __future__ import annotations
@@ -16,17 +18,18 @@ from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
-from rehost.core.config import SiteConfig
-from rehost.core.errors import ConfigError, RehostError
+from rehost.core.config import SiteConfig, StrategyConfig, validate_plugin_settings
+from rehost.core.errors import ConfigError
 from rehost.core.journal import Journal
 from rehost.core.lock import CampaignLock
 from rehost.core.model import VM, Host, HostFacts
 from rehost.core.plugins import PluginManager, build_plugin_manager
 from rehost.core.remote import Shell
+from rehost.core.types import FenceResult
 
 if TYPE_CHECKING:
-    from rehost.core.abiquo import AbiquoClient
     from rehost.core.hypervisor import Hypervisor
+    from rehost.core.strategies import AllocationStrategy, ControlPlane, StorageStrategy
 
 
 class Campaign:
@@ -50,10 +53,17 @@ class Campaign:
         )
         self.hooks = self.manager.hooks
         self.dry_run = dry_run
-        # choosing a strategy that does not exist is a configuration error: say so before
-        # anything is written
-        self.manager.strategy("storage", config.storage.strategy)
-        self.manager.strategy("allocation", config.allocation.strategy)
+        # a strategy that does not exist, a plugin setting or a report format that is wrong:
+        # configuration errors, said before anything is written
+        for kind in ("control", "storage", "allocation"):
+            self.manager.strategy(kind, self._strategy_config(kind).strategy)
+        self._settings = validate_plugin_settings(
+            config, self.manager.settings_specs(), [i.name for i in self.manager.listing()])
+        formats = self.hooks.report_formats()
+        for f in config.report.formats:
+            if f not in formats:
+                raise ConfigError(f"report.formats: {f!r} is not a format: choose "
+                                  f"{', '.join(formats) or '(no reporter is installed)'}")
         self.lock: CampaignLock | None = None
         if exclusive:
             self.lock = CampaignLock(config.state_dir, config.campaign.name, exclusive)
@@ -69,8 +79,10 @@ class Campaign:
         self._log_sink = logger.add(str(self.state_dir / "rehost.log.jsonl"), serialize=True,
                                     level="DEBUG", enqueue=False)
         self.vms: list[VM] = []
-        self.fenced: dict[str, Any] | None = None
+        self.fenced: FenceResult | None = None
         self.discovered: list[Host] | None = None
+        #: set on the first Ctrl-C or SIGTERM: no new stage starts
+        self.stopping = threading.Event()
         self._lock = threading.RLock()
         self._shells: dict[str, Shell] = {}
         # one ssh connection per host for all of the campaign's commands (ControlMaster);
@@ -82,62 +94,52 @@ class Campaign:
             self.ssh = dataclasses.replace(config.ssh, control_dir=self._control_dir)
         self._hypervisors: dict[tuple[str, int], Hypervisor] = {}
         self._facts: dict[str, HostFacts] = {}
-        self._abiquo: AbiquoClient | None = None
         self._strategies: dict[str, Any] = {}
 
-    # -- hosts discovered from Abiquo ---------------------------------------------------------
+    # -- plugins' settings and strategies ----------------------------------------------------
 
-    def discover_hosts(self) -> list[Host]:
-        """With ``discover = true`` under [abiquo]: every KVM machine of Abiquo that the site
-        config does not name becomes a host, reached by its ip over ssh; its role comes from
-        its /etc/redhat-release (CentOS 5: source, CentOS 6: target, else left out)."""
-        from rehost.core.hypervisor import parse_centos_release
+    def settings(self, plugin: str) -> Any:
+        """A plugin's validated settings (``None`` when it declared none, or its table is
+        absent and the plugin has no defaults)."""
+        return self._settings.get(plugin)
 
-        found: list[Host] = []
-        known = {h.address for h in self.config.hosts.values()}
-        for m in self.abiquo.machines():
-            if (m.type or "KVM").upper() != "KVM" or not m.ip or m.ip in known:
-                continue
-            name = m.name or m.ip
-            probe = Host(name=name, address=m.ip, datastore="/var/lib/virt")
-            self.config.hosts[name] = probe
-            try:
-                release = self.shell(name).read_text("/etc/redhat-release")
-            except RehostError as exc:
-                self.log.warning("discover: machine {} ({}) not reachable over ssh: {}", name,
-                                 m.ip, exc)
-                del self.config.hosts[name]
-                self._shells.pop(name, None)
-                continue
-            major, _ = parse_centos_release(release)
-            if major not in (5, 6):
-                self.log.warning("discover: machine {} runs {}: neither source nor target",
-                                 name, release.strip())
-                del self.config.hosts[name]
-                continue
-            probe.role = "source" if major == 5 else "target"
-            found.append(probe)
-        return found
+    def secrets(self) -> list[str]:
+        """Values no report, log or journal may show (the plugins' settings say which)."""
+        out: list[str] = []
+        for spec in self.manager.settings_specs():
+            value = self._settings.get(spec.plugin)
+            if value is not None and spec.secrets is not None:
+                out.extend(s for s in spec.secrets(value) if s)
+        return out
 
-    # -- strategies ---------------------------------------------------------------------------
+    def _strategy_config(self, kind: str) -> StrategyConfig:
+        return {"storage": self.config.storage, "allocation": self.config.allocation,
+                "control": self.config.control}[kind]
 
     def strategy(self, kind: str) -> Any:
-        """The configured strategy object of a kind (``storage``, ``allocation``)."""
+        """The configured strategy object of a kind (``control``, ``storage``,
+        ``allocation``), built once."""
         with self._lock:
             if kind not in self._strategies:
-                cfg = {"storage": self.config.storage,
-                       "allocation": self.config.allocation}[kind]
-                record = self.manager.strategy(kind, cfg.strategy)
-                self._strategies[kind] = record.factory(dict(cfg.options))
+                cfg = self._strategy_config(kind)
+                self._strategies[kind] = self.manager.build_strategy(kind, cfg.strategy,
+                                                                     cfg.options)
             return self._strategies[kind]
 
     @property
-    def storage(self) -> Any:
-        return self.strategy("storage")
+    def control(self) -> ControlPlane:
+        control: ControlPlane = self.strategy("control")
+        return control
 
     @property
-    def allocation(self) -> Any:
-        return self.strategy("allocation")
+    def storage(self) -> StorageStrategy:
+        storage: StorageStrategy = self.strategy("storage")
+        return storage
+
+    @property
+    def allocation(self) -> AllocationStrategy:
+        allocation: AllocationStrategy = self.strategy("allocation")
+        return allocation
 
     # -- hosts --------------------------------------------------------------------------------
 
@@ -147,6 +149,17 @@ class Campaign:
         except KeyError:
             raise ConfigError(f"host {name!r} is not in the site config "
                               f"(known: {', '.join(sorted(self.config.hosts))})") from None
+
+    def add_host(self, host: Host) -> None:
+        """A host the control plane found (discovery)."""
+        with self._lock:
+            self.config.hosts[host.name] = host
+
+    def forget_host(self, name: str) -> None:
+        with self._lock:
+            self.config.hosts.pop(name, None)
+            self._shells.pop(name, None)
+            self._facts.pop(name, None)
 
     def host_by_address(self, address: str) -> Host | None:
         for h in self.config.hosts.values():
@@ -196,24 +209,6 @@ class Campaign:
                 h = self.host(host)
                 self._facts[host] = self.hypervisor(host).facts(self.shell(host), h.datastore)
             return self._facts[host]
-
-    # -- control plane ------------------------------------------------------------------------
-
-    @property
-    def abiquo(self) -> AbiquoClient:
-        from rehost.core.abiquo import AbiquoClient
-
-        with self._lock:
-            if self._abiquo is None:
-                a = self.config.abiquo
-                if a is None:
-                    raise ConfigError("this campaign needs an [abiquo] section in the site "
-                                      "config")
-                self._abiquo = AbiquoClient(
-                    a.url, a.user, a.password(), version=a.version,
-                    verify_tls=(a.ca_file or True) if a.verify_tls else False,
-                    timeout=a.timeout, task_timeout=self.config.campaign.task_timeout)
-            return self._abiquo
 
     # -- files --------------------------------------------------------------------------------
 

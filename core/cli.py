@@ -19,6 +19,7 @@ from rehost.core.cli_common import (
     setup_logging,
     vm_option,
 )
+from rehost.core.errors import ConfigError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -52,7 +53,6 @@ def disks_cmd(xml_file: str, as_json: bool) -> None:
 
     XML_FILE is a file written by `virsh dumpxml`, or - for standard input."""
     from rehost.core.disks import format_disks_table, parse_disks
-    from rehost.core.errors import ConfigError
 
     if xml_file == "-":
         text = sys.stdin.read()
@@ -88,7 +88,11 @@ def plugins_cmd(config_path: str | None, as_json: bool) -> None:
         cfg = load_config(config_path)
         block, files = list(cfg.plugins.block), list(cfg.plugins.files)
     manager = build_plugin_manager(block=block, plugin_files=files)
-    strategies = {kind: manager.strategies(kind) for kind in ("storage", "allocation")}
+    strategies = {kind: manager.strategies(kind)
+                  for kind in ("control", "storage", "allocation")}
+    settings = {s.plugin: {"section": s.where, "help": s.help,
+                           "keys": sorted(s.model.model_fields)}
+                for s in manager.settings_specs()}
     if as_json:
         emit_json({
             "plugins": [p.to_dict() for p in manager.listing()],
@@ -98,6 +102,8 @@ def plugins_cmd(config_path: str | None, as_json: bool) -> None:
                        for r in recs.values()]
                 for kind, recs in strategies.items()
             },
+            "settings": settings,
+            "report_formats": manager.hooks.report_formats(),
         })
         return
     click.echo("plugins:")
@@ -106,9 +112,14 @@ def plugins_cmd(config_path: str | None, as_json: bool) -> None:
     if manager.blocked:
         click.echo("blocked: " + ", ".join(sorted(manager.blocked)))
     for kind, recs in strategies.items():
-        click.echo(f"{kind} strategies:")
+        click.echo("control planes:" if kind == "control" else f"{kind} strategies:")
         for r in recs.values():
             click.echo(f"  {r.name:<14} {r.description}  [{r.plugin}]")
+    if settings:
+        click.echo("plugin settings:")
+        for name, s in settings.items():
+            click.echo(f"  [{s['section']}]  {', '.join(s['keys'])}  ({name}: {s['help']})")
+    click.echo("report formats: " + ", ".join(manager.hooks.report_formats()))
 
 
 # -- campaign ----------------------------------------------------------------------------------
@@ -120,7 +131,7 @@ def plugins_cmd(config_path: str | None, as_json: bool) -> None:
 @handle_errors
 def plan_cmd(config_path: str, vms: tuple[str, ...], as_json: bool) -> None:
     """What would move where, and the preflight findings. Changes nothing on the hosts or in
-    Abiquo (the preflight is journaled in the state directory)."""
+    the control plane (the preflight is journaled in the state directory)."""
     from rehost.core import pipeline
 
     ctx = build_campaign(config_path, dry_run=True, progress=False)
@@ -131,7 +142,8 @@ def plan_cmd(config_path: str, vms: tuple[str, ...], as_json: bool) -> None:
     if as_json:
         emit_json(plan.to_dict())
     else:
-        click.echo(f"storage strategy: {plan.storage}   allocation strategy: {plan.allocation}")
+        click.echo(f"control plane: {plan.control}   storage strategy: {plan.storage}   "
+                   f"allocation strategy: {plan.allocation}")
         click.echo(f"targets: {', '.join(plan.targets) or '(none)'}")
         click.echo(f"{len(plan.vms)} VM(s) to move:")
         for v in plan.vms:
@@ -293,8 +305,9 @@ def rollback_cmd(config_path: str, vms: tuple[str, ...]) -> None:
 
 @main.command("report")
 @config_option
-@click.option("--format", "formats", multiple=True, type=click.Choice(["html", "md", "json"]),
-              help="Report format (repeatable; default: the site config's formats).")
+@click.option("--format", "formats", multiple=True, metavar="FORMAT",
+              help="Report format: html, md, json, or one a site reporter adds (repeatable; "
+                   "default: the site config's formats).")
 @click.option("-o", "--output", type=click.Path(file_okay=False),
               help="Directory to write into (default: campaign.report_dir).")
 @handle_errors
@@ -302,6 +315,10 @@ def report_cmd(config_path: str, formats: tuple[str, ...], output: str | None) -
     """Write the campaign's report from its journal."""
     ctx = build_campaign(config_path, progress=False)
     try:
+        known = ctx.hooks.report_formats()
+        for f in formats:
+            if f not in known:
+                raise ConfigError(f"--format {f!r}: choose {', '.join(known)}")
         outdir = Path(output) if output else ctx.config.report_dir
         outdir.mkdir(parents=True, exist_ok=True)
         paths = ctx.hooks.report(ctx, str(outdir), list(formats or ctx.config.report.formats))

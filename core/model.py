@@ -7,7 +7,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+if TYPE_CHECKING:
+    from rehost.core.types import Result
+
+    R = TypeVar("R", bound=Result)
 
 #: The campaign's own stages, around the per-VM protocol.
 CAMPAIGN_STAGES: tuple[str, ...] = ("preflight", "fence", "unfence", "report")
@@ -137,15 +142,17 @@ class StrategyRecord:
 class VM:
     """One VM of a campaign and what rehost learns about it on the way.
 
-    ``name`` is the domain name on the hypervisor (``ABQ_<uuid>``); ``uuid`` is Abiquo's uuid,
-    which survives undeploy and redeploy. ``facts`` gathers what stages found out (disks
-    preserved, bytes moved, checksums), keyed by stage; the journal keeps it.
+    ``name`` is the domain name on the hypervisor; ``uuid`` is the control plane's id of the
+    VM; ``label`` the name people know it by. ``control_ref`` is the control plane's own
+    reference (Abiquo: the VM's URL). ``facts`` holds each finished stage's result
+    (:mod:`rehost.core.types`), keyed by stage; the journal keeps it. Read one with
+    :meth:`fact`.
     """
 
     name: str
     uuid: str
     label: str = ""
-    abiquo_href: str | None = None
+    control_ref: str | None = None
     source_host: str | None = None
     target_host: str | None = None
     disks: list[Disk] = field(default_factory=list)
@@ -159,22 +166,30 @@ class VM:
             "name": self.name,
             "uuid": self.uuid,
             "label": self.label,
-            "abiquo_href": self.abiquo_href,
+            "control_ref": self.control_ref,
             "source_host": self.source_host,
             "target_host": self.target_host,
             "disks": [d.to_dict() for d in self.disks],
-            "facts": self.facts,
+            "facts": {stage: r.model_dump(mode="json") if hasattr(r, "model_dump") else r
+                      for stage, r in self.facts.items()},
         }
+
+    def fact(self, cls: type[R]) -> R | None:
+        """The result of the stage ``cls`` belongs to, if that stage has finished."""
+        found = self.facts.get(cls.stage)
+        return found if isinstance(found, cls) else None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> VM:
+        from rehost.core.types import load_result
+
         return cls(
             name=data["name"],
             uuid=data["uuid"],
             label=data.get("label", ""),
-            abiquo_href=data.get("abiquo_href"),
+            control_ref=data.get("control_ref") or data.get("abiquo_href"),
             source_host=data.get("source_host"),
             target_host=data.get("target_host"),
             disks=[Disk(**d) for d in data.get("disks", [])],
-            facts=dict(data.get("facts", {})),
+            facts={stage: load_result(stage, r) for stage, r in data.get("facts", {}).items()},
         )

@@ -9,17 +9,21 @@ stage runs) with the reason and what was done recorded; the other VMs go on.
 
 from __future__ import annotations
 
+import signal
 import threading
 import traceback
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
+from types import FrameType
 from typing import Any
 
 from rehost.core.campaign import Campaign
-from rehost.core.errors import PluginError, RehostError
+from rehost.core.errors import ConfigError, PluginError, PreconditionError, RehostError
 from rehost.core.model import VM, VM_STAGES, Finding
+from rehost.core.types import FenceResult, Result, VerifyResult
 
 
 class PreflightFailed(RehostError):
@@ -43,6 +47,7 @@ class Plan:
     storage: str
     allocation: str
     targets: list[str] = field(default_factory=list)
+    control: str = ""
 
     @property
     def critical(self) -> list[Finding]:
@@ -54,6 +59,7 @@ class Plan:
                      "source_host": v.source_host, "disks": [d.to_dict() for d in v.disks]}
                     for v in self.vms],
             "findings": [f.to_dict() for f in self.findings],
+            "control": self.control,
             "storage": self.storage,
             "allocation": self.allocation,
             "targets": self.targets,
@@ -68,24 +74,97 @@ SAFE_POINTS: dict[str, str] = {
     "notify": "nothing was changed; its users were told the downtime starts",
     "power_off": "the VM is powered off on its source host, its disks untouched",
     "undefine": "the domain is undefined on the source host (XML saved); disks untouched",
-    "await_undeployed": "Abiquo shows the VM undeployed; its disks are untouched on the source",
-    "preserve_disks": "the user's disks are kept as X_BACK on the source datastore",
-    "deploy": "the VM is deployed on a target host with template disks; the user's disks are "
-              "X_BACK on the source datastore",
-    "power_off_new": "the new VM is off; the user's disks are X_BACK on the source datastore",
-    "transfer": "the user's disks are X_BACK on the source and on the target datastore",
-    "remove_new_disks": "template disks removed; the user's disks are X_BACK on the source and "
-                        "target datastores",
-    "swap_disks": "the user's disks are in place on the target host (X_BACK still on source)",
+    "await_undeployed": "the control plane shows the VM undeployed; its disks are untouched "
+                        "on the source host",
+    "preserve_disks": "the user's disks are kept under their backup names on the source host",
+    "deploy": "the VM is defined on a target host with new disks; the user's disks are kept "
+              "under their backup names on the source host",
+    "power_off_new": "the new VM is off; the user's disks are kept under their backup names on "
+                     "the source host",
+    "transfer": "the user's disks are kept under their backup names on the source and the "
+                "target host",
+    "remove_new_disks": "the new disks are removed; the user's disks are kept under their "
+                        "backup names on the source and the target host",
+    "swap_disks": "the user's disks are in place on the target host (their backups are still "
+                  "on the source host)",
     "start": "the VM runs on the target host with the user's disks",
-    "verify": "verified on the target host; X_BACK kept on the source datastore",
+    "verify": "verified on the target host; the backups are kept on the source host",
     "cleanup": "done",
 }
 
 
 def safe_point(done: list[str]) -> str:
-    last = done[-1] if done else None
-    return SAFE_POINTS.get(last, "nothing was changed") if last else "nothing was changed"
+    return SAFE_POINTS.get(done[-1], "nothing was changed") if done else "nothing was changed"
+
+
+class StageFailed(RehostError):
+    """A stage failed; it is journaled, the VM's status says so, observers were told."""
+
+    def __init__(self, stage: str, error: BaseException) -> None:
+        self.stage = stage
+        self.error = error
+        super().__init__(f"{stage}: {error}")
+
+
+# -- the one journaled-stage runner ------------------------------------------------------------
+
+
+def run_stage(ctx: Campaign, vm: VM | None, stage: str, perform: Callable[[], Any],
+              done: list[str] | None = None) -> Any:
+    """Run one stage of a VM (or of the campaign, ``vm=None``) and journal it: ``start``,
+    then ``finish`` with the checked result, or ``error`` with the reason and the safe point.
+
+    A failure is journaled as an error of its stage; a VM's status becomes ``failed`` (or
+    ``interrupted``, when the campaign is stopping or the process is being interrupted:
+    ``resume`` runs the stage again), observers are told (``rehost_stage_error``), and
+    :class:`StageFailed` is raised (for a VM) or the error itself (for the campaign).
+    """
+    done = done or []
+    ctx.journal.record(vm, stage, "start")
+    ctx.hooks.stage_start(stage, vm, ctx)
+    try:
+        result = perform()
+    except BaseException as exc:
+        _journal_failure(ctx, vm, stage, exc, done)
+        if vm is None or not isinstance(exc, Exception):
+            raise
+        raise StageFailed(stage, exc) from exc
+    if vm is not None and isinstance(result, Result):
+        vm.facts[stage] = result
+    # a stage that did not apply is journaled (and reported) as skipped, never as work done
+    skipped = isinstance(result, Result) and result.skipped
+    ctx.journal.record(vm, stage, "skip" if skipped else "finish", _journal_form(result))
+    ctx.hooks.stage_finish(stage, vm, ctx, result)
+    return result
+
+
+def _journal_form(result: Any) -> Any:
+    if isinstance(result, Result):
+        return result.model_dump(mode="json")
+    return result.to_dict() if hasattr(result, "to_dict") else result
+
+
+def _journal_failure(ctx: Campaign, vm: VM | None, stage: str, exc: BaseException,
+                     done: list[str]) -> None:
+    # a KeyboardInterrupt, or a command that died of the campaign's own Ctrl-C/SIGTERM
+    interrupted = not isinstance(exc, Exception) or ctx.stopping.is_set()
+    note = safe_point(done)
+    if interrupted:
+        data: dict[str, Any] = {"error": f"interrupted ({type(exc).__name__})",
+                                "interrupted": True, "safe_point": note, "done": done}
+        if isinstance(exc, Exception):
+            exc.interrupted = True  # type: ignore[attr-defined]
+    else:
+        data = {"error": str(exc), "type": type(exc).__name__, "safe_point": note,
+                "done": done, "traceback": traceback.format_exc(limit=6)}
+    ctx.journal.record(vm, stage, "error", data)
+    if vm is not None:
+        if interrupted:
+            ctx.journal.set_status(vm.name, "interrupted", f"{stage}: interrupted")
+        else:
+            ctx.journal.set_status(vm.name, "failed", f"{stage}: {exc}")
+            ctx.log.error("{}: stage {} failed: {} — {}", vm.label or vm.name, stage, exc, note)
+    ctx.hooks.stage_error(stage, vm, ctx, exc)
 
 
 # -- the campaign ------------------------------------------------------------------------------
@@ -100,8 +179,11 @@ def select_vms(ctx: Campaign) -> list[VM]:
 
 def make_plan(ctx: Campaign, only: list[str] | None = None) -> Plan:
     """Select the VMs and run the preflight (read-only)."""
-    if ctx.config.abiquo is not None and ctx.config.abiquo.discover and not ctx.discovered:
-        ctx.discovered = ctx.discover_hosts()
+    if ctx.discovered is None:
+        ctx.discovered = ctx.hooks.discover_hosts(ctx)
+    if not ctx.config.hosts:
+        raise ConfigError("no hosts: add [hosts.NAME] tables to the site config, or let the "
+                          "control plane discover them (abiquo: discover = true)")
     vms = select_vms(ctx)
     # a VM the operator rolled back stays where it is, unless named again (`run --vm NAME`)
     rolled = {r["name"] for r in ctx.journal.vm_rows() if r["status"] == "rolled_back"}
@@ -119,48 +201,39 @@ def make_plan(ctx: Campaign, only: list[str] | None = None) -> Plan:
         wanted = set(only)
         unknown = wanted - {n for v in vms for n in (v.name, v.uuid, v.label)}
         if unknown:
-            from rehost.core.errors import ConfigError
-
             raise ConfigError(f"--vm {sorted(unknown)[0]!r} is not a VM of this campaign "
                               f"(known: {', '.join(v.label or v.name for v in vms)})")
         vms = [v for v in vms if wanted & {v.name, v.uuid, v.label}]
     ctx.vms = vms
     findings = kept + ctx.hooks.preflight(ctx)
     return Plan(vms, findings, ctx.config.storage.strategy, ctx.config.allocation.strategy,
-                [h.name for h in ctx.config.targets()])
-
-
-def _campaign_stage(ctx: Campaign, stage: str, fn: Callable[[], Any]) -> Any:
-    ctx.journal.record(None, stage, "start")
-    ctx.hooks.stage_start(stage, None, ctx)
-    try:
-        result = fn()
-    except BaseException as exc:
-        ctx.journal.record(None, stage, "error", {"error": str(exc)})
-        ctx.hooks.stage_error(stage, None, ctx, exc)
-        raise
-    ctx.journal.record(None, stage, "finish", result.to_dict() if hasattr(result, "to_dict")
-                       else result)
-    ctx.hooks.stage_finish(stage, None, ctx, result)
-    return result
+                [h.name for h in ctx.config.targets()], ctx.config.control.strategy)
 
 
 def run_campaign(ctx: Campaign, only: list[str] | None = None) -> dict[str, str]:
     """Preflight, fence, every VM's protocol, unfence, report. Returns each VM's outcome
-    (``done``, ``failed``); resumes where the journal says an earlier run stopped."""
-    ctx.hooks.configure(ctx)
-    try:
-        plan = _campaign_stage(ctx, "preflight", lambda: _preflight(ctx, only))
+    (``done``, ``failed``, ``interrupted``); resumes where the journal says an earlier run
+    stopped.
+
+    Ctrl-C or SIGTERM stop the campaign in order: no new stage starts, the stages running
+    reach their end (or journal themselves interrupted), then the campaign unfences and writes
+    its report. A second Ctrl-C is said to be noted; the workers are still waited for, so
+    that nothing deploys after the unfence (SIGKILL is the way out, and ``resume`` then
+    finishes the job)."""
+    with configured(ctx), _stop_on_signals(ctx):
+        plan = run_stage(ctx, None, "preflight", lambda: _preflight(ctx, only))
         if ctx.dry_run:
             return {v.name: "planned" for v in plan.vms}
         ctx.journal.set("downtime_accepted", True)  # a resume goes on without asking again
         for i, vm in enumerate(plan.vms):
             ctx.journal.add_vm(vm, i)
-        fenced = ctx.journal.get("fenced")
-        if fenced is None or ctx.journal.get("unfenced"):
-            fenced = _campaign_stage(ctx, "fence", lambda: ctx.hooks.fence(ctx) or {})
-            ctx.journal.set("fenced", fenced)
+        saved = ctx.journal.get("fenced")
+        if saved is None or ctx.journal.get("unfenced"):
+            fenced = run_stage(ctx, None, "fence", lambda: ctx.hooks.fence(ctx))
+            ctx.journal.set("fenced", fenced.model_dump(mode="json"))
             ctx.journal.set("unfenced", None)
+        else:
+            fenced = FenceResult.model_validate(saved)
         ctx.fenced = fenced
         outcome: dict[str, str] = {}
         try:
@@ -171,14 +244,43 @@ def run_campaign(ctx: Campaign, only: list[str] | None = None) -> dict[str, str]
             # first error is raised once all three were tried
             _finish_campaign(ctx, fenced, outcome)
         return outcome
+
+
+@contextmanager
+def _stop_on_signals(ctx: Campaign) -> Iterator[None]:
+    """Ctrl-C and SIGTERM set ``ctx.stopping`` instead of raising where they land (only the
+    main thread can have signal handlers; elsewhere nothing changes)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    count = 0
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        nonlocal count
+        count += 1
+        name = signal.Signals(signum).name
+        if count == 1:
+            ctx.stopping.set()
+            ctx.log.warning("{}: stopping — no new stage starts; the stages running now "
+                            "finish, then the campaign unfences and writes its report "
+                            "(`rehost resume` goes on later)", name)
+        else:
+            ctx.log.warning("{} again: still waiting for the running stages to end (each has"
+                            " a time limit); the unfence must not run while a VM deploys. "
+                            "SIGKILL stops at once, and `rehost resume` repairs that", name)
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
     finally:
-        ctx.hooks.unconfigure(ctx)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
-def _finish_campaign(ctx: Campaign, fenced: dict[str, Any], outcome: dict[str, str]) -> None:
+def _finish_campaign(ctx: Campaign, fenced: FenceResult, outcome: dict[str, str]) -> None:
     errors: list[BaseException] = []
     try:
-        _campaign_stage(ctx, "unfence", lambda: ctx.hooks.unfence(ctx, fenced) or {})
+        run_stage(ctx, None, "unfence", lambda: ctx.hooks.unfence(ctx, fenced))
         ctx.journal.set("unfenced", True)
     except Exception as exc:
         ctx.log.error("unfence failed: {}; the rules changed at fence are in the journal "
@@ -204,8 +306,8 @@ def _preflight(ctx: Campaign, only: list[str] | None) -> Plan:
 def write_report(ctx: Campaign) -> list[str]:
     outdir = ctx.config.report_dir
     outdir.mkdir(parents=True, exist_ok=True)
-    paths: list[str] = _campaign_stage(
-        ctx, "report",
+    paths: list[str] = run_stage(
+        ctx, None, "report",
         lambda: ctx.hooks.report(ctx, str(outdir), list(ctx.config.report.formats)),
     )
     ctx.journal.set("report_paths", paths)
@@ -238,6 +340,8 @@ def _run_vms(ctx: Campaign, vms: list[VM]) -> dict[str, str]:
         by_host.setdefault(vm.source_host or "", []).append(vm)
     queues = list(by_host.values())
     ordered = [q[i] for i in range(max(map(len, queues))) for q in queues if i < len(q)]
+    # leaving the pool waits for every worker: a queued VM sees ctx.stopping at its first
+    # stage and returns at once, a running one at its next stage
     with ThreadPoolExecutor(max_workers=ctx.config.campaign.parallel,
                             thread_name_prefix="vm") as pool:
         futures = {vm.name: pool.submit(one, vm) for vm in ordered}
@@ -250,8 +354,9 @@ def _run_vms(ctx: Campaign, vms: list[VM]) -> dict[str, str]:
 
 
 def run_vm(ctx: Campaign, vm: VM) -> str:
-    """Run the per-VM protocol; returns ``done`` or ``failed``. Never raises for a stage
-    failure: the error is journaled, observers are told, and the VM stops at a safe point."""
+    """Run the per-VM protocol; returns ``done``, ``failed`` or ``interrupted``. Never raises
+    for a stage failure: the error is journaled, observers are told, and the VM stops at a
+    safe point."""
     saved = ctx.journal.load_vm(vm.name)
     if saved is not None:
         vm.__dict__.update(saved.__dict__)
@@ -261,52 +366,24 @@ def run_vm(ctx: Campaign, vm: VM) -> str:
         if stage in finished:
             done.append(stage)
             continue
+        if ctx.stopping.is_set():
+            if done:  # part-way: say where it waits (no stage started, nothing to journal)
+                ctx.journal.set_status(vm.name, "interrupted",
+                                       f"{stage}: not started, the campaign was stopped")
+            return "interrupted"
         try:
-            _run_vm_stage(ctx, vm, stage)
-        except (KeyboardInterrupt, SystemExit) as exc:
-            # interrupted: journaled as such (the stage did not finish, resume runs it again)
-            ctx.journal.record(vm, stage, "error", {
-                "error": f"interrupted ({type(exc).__name__})", "interrupted": True,
-                "safe_point": safe_point(done), "done": done})
-            ctx.journal.set_status(vm.name, "interrupted", f"{stage}: interrupted")
-            ctx.hooks.stage_error(stage, vm, ctx, exc)
-            raise
-        except Exception as exc:
-            note = safe_point(done)
-            ctx.journal.record(vm, stage, "error", {
-                "error": str(exc), "type": type(exc).__name__, "safe_point": note,
-                "done": done, "traceback": traceback.format_exc(limit=6),
-            })
-            ctx.journal.set_status(vm.name, "failed", f"{stage}: {exc}")
-            ctx.hooks.stage_error(stage, vm, ctx, exc)
-            ctx.log.error("{}: stage {} failed: {} — {}", vm.label or vm.name, stage, exc, note)
-            try:
-                ctx.hooks.notify(vm, ctx, "failed")
-            except Exception as nexc:  # a broken notifier must not hide the real failure
-                ctx.log.error("{}: notify failed: {}", vm.name, nexc)
-            return "failed"
+            run_stage(ctx, vm, stage, partial(_perform, ctx, vm, stage), done)
+        except StageFailed as failed:
+            return "interrupted" if getattr(failed.error, "interrupted", False) else "failed"
         done.append(stage)
     ctx.journal.set_status(vm.name, "done")
     return "done"
 
 
-def _run_vm_stage(ctx: Campaign, vm: VM, stage: str) -> Any:
-    ctx.journal.record(vm, stage, "start")
-    ctx.hooks.stage_start(stage, vm, ctx)
-    if stage == "notify":
-        ctx.hooks.notify(vm, ctx, "downtime_start")
-        result: Any = {"event": "downtime_start"}
-    else:
-        result = ctx.hooks.vm_stage(stage, vm, ctx)
-        if result is None:
-            raise PluginError(f"no plugin performs stage {stage!r} (rehost_vm_{stage}); "
-                              "is a built-in plugin blocked?")
-    vm.facts[stage] = result
-    ctx.journal.record(vm, stage, "finish", result)
-    ctx.hooks.stage_finish(stage, vm, ctx, result)
-    if stage == "start":
-        ctx.hooks.notify(vm, ctx, "downtime_end")
-    return result
+def _perform(ctx: Campaign, vm: VM, stage: str, **extra: Any) -> Result:
+    if stage == "cleanup" and "delete" not in extra:
+        extra["delete"] = ctx.config.campaign.delete_backups
+    return ctx.hooks.vm_stage(stage, vm, ctx, **extra)
 
 
 @contextmanager
@@ -326,72 +403,65 @@ def plan(ctx: Campaign, only: list[str] | None = None) -> Plan:
         return make_plan(ctx, only)
 
 
+def _journal_vm(ctx: Campaign, name: str) -> tuple[VM, dict[str, Any]]:
+    row = next((r for r in ctx.journal.vm_rows()
+                if name in (r["name"], r["uuid"], r["vm"].get("label"))), None)
+    if row is None:
+        raise ConfigError(f"--vm {name!r} is not a VM of this campaign's journal")
+    return VM.from_dict(row["vm"]), row
+
+
 def confirm(ctx: Campaign, only: list[str] | None = None) -> dict[str, Any]:
-    """Delete the ``X_BACK`` disks of verified VMs (the ``cleanup`` stage, run again with
-    ``delete_backups``). VMs that did not pass ``verify`` keep theirs."""
+    """Delete the backups of verified VMs (the ``cleanup`` stage, run again with
+    ``delete``). VMs that did not pass ``verify`` keep theirs. A cleanup that fails is
+    journaled as the VM's error; the other VMs go on, and the report is written."""
     with configured(ctx):
-        return _confirm(ctx, only)
-
-
-def _confirm(ctx: Campaign, only: list[str] | None) -> dict[str, Any]:
-    ctx.config.campaign.delete_backups = True
-    out: dict[str, Any] = {}
-    for row in ctx.journal.vm_rows():
-        vm = VM.from_dict(row["vm"])
-        if only and not set(only) & {vm.name, vm.uuid, vm.label}:
-            continue
-        if not (vm.facts.get("verify") or {}).get("ok"):
-            out[vm.label or vm.name] = "not verified: backups kept"
-            continue
-        result = _run_vm_stage(ctx, vm, "cleanup")
-        ctx.journal.set_status(vm.name, "done")
-        out[vm.label or vm.name] = {"deleted": result.get("deleted", [])}
-    write_report(ctx)
-    return out
+        out: dict[str, Any] = {}
+        try:
+            for row in ctx.journal.vm_rows():
+                vm = VM.from_dict(row["vm"])
+                if only and not set(only) & {vm.name, vm.uuid, vm.label}:
+                    continue
+                verified = vm.fact(VerifyResult)
+                if not (verified and verified.ok):
+                    out[vm.label or vm.name] = "not verified: backups kept"
+                    continue
+                try:
+                    result = run_stage(ctx, vm, "cleanup",
+                                       partial(_perform, ctx, vm, "cleanup", delete=True),
+                                       [s for s in VM_STAGES if s != "cleanup"])
+                except StageFailed as failed:
+                    out[vm.label or vm.name] = f"cleanup failed: {failed.error}"
+                    continue
+                ctx.journal.set_status(vm.name, "done")
+                out[vm.label or vm.name] = {"deleted": result.deleted}
+        finally:
+            write_report(ctx)
+        return out
 
 
 def rollback(ctx: Campaign, names: list[str]) -> dict[str, Any]:
     """Put VMs that stopped part-way back on their source hosts (the ``rollback`` stage)."""
     with configured(ctx):
-        return _rollback(ctx, names)
-
-
-def _rollback(ctx: Campaign, names: list[str]) -> dict[str, Any]:
-    if ctx.journal.get("fenced") is not None and not ctx.journal.get("unfenced"):
-        from rehost.core.errors import PreconditionError
-
-        raise PreconditionError("the campaign is still fenced (a run is going on, or was "
-                                "interrupted: `rehost resume` it first)")
-    rows = {r["name"]: r for r in ctx.journal.vm_rows()}
-    out: dict[str, Any] = {}
-    for name in names:
-        row = next((r for r in rows.values()
-                    if name in (r["name"], r["uuid"], r["vm"].get("label"))), None)
-        if row is None:
-            from rehost.core.errors import ConfigError
-
-            raise ConfigError(f"--vm {name!r} is not a VM of this campaign's journal")
-        vm = VM.from_dict(row["vm"])
-        if row["status"] in ("done", "rolled_back", "pending"):
-            out[vm.label or vm.name] = f"{row['status']}: nothing to roll back"
-            continue
-        ctx.journal.record(vm, "rollback", "start")
-        ctx.hooks.stage_start("rollback", vm, ctx)
+        if ctx.journal.get("fenced") is not None and not ctx.journal.get("unfenced"):
+            raise PreconditionError("the campaign is still fenced (a run is going on, or was "
+                                    "interrupted: `rehost resume` it first)")
+        todo = [_journal_vm(ctx, name) for name in names]
+        out: dict[str, Any] = {}
         try:
-            result = ctx.hooks.rollback_vm(vm, ctx)
-            if result is None:
-                raise PluginError("no plugin rolls VMs back (rehost_rollback_vm)")
-        except Exception as exc:
-            ctx.journal.record(vm, "rollback", "error", {"error": str(exc)})
-            ctx.journal.set_status(vm.name, "failed", f"rollback: {exc}")
-            ctx.hooks.stage_error("rollback", vm, ctx, exc)
-            out[vm.label or vm.name] = f"rollback failed: {exc}"
-            continue
-        vm.facts["rollback"] = result
-        ctx.journal.record(vm, "rollback", "finish", result)
-        ctx.journal.set_status(vm.name, "rolled_back")
-        ctx.hooks.stage_finish("rollback", vm, ctx, result)
-        ctx.hooks.notify(vm, ctx, "downtime_end")
-        out[vm.label or vm.name] = result
-    write_report(ctx)
-    return out
+            for vm, row in todo:
+                if row["status"] in ("done", "rolled_back", "pending"):
+                    out[vm.label or vm.name] = f"{row['status']}: nothing to roll back"
+                    continue
+                done = [s for s in VM_STAGES if s in vm.facts]
+                try:
+                    result = run_stage(ctx, vm, "rollback",
+                                       partial(ctx.hooks.rollback_vm, vm, ctx), done)
+                except StageFailed as failed:
+                    out[vm.label or vm.name] = f"rollback failed: {failed.error}"
+                    continue
+                ctx.journal.set_status(vm.name, "rolled_back")
+                out[vm.label or vm.name] = result.model_dump(mode="json")
+        finally:
+            write_report(ctx)
+        return out

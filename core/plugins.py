@@ -12,21 +12,32 @@ import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pluggy
 
 from rehost.core.errors import ConfigError, PluginError
-from rehost.core.model import StrategyRecord
+from rehost.core.strategies import KINDS, Strategy
+from rehost.core.types import (
+    VM,
+    Context,
+    FenceResult,
+    Finding,
+    Host,
+    PluginSettings,
+    Result,
+    StrategyRecord,
+    UnfenceResult,
+    check_result,
+)
 from rehost.hooks import ENTRY_POINT_GROUP, PROJECT, specs
 
 if TYPE_CHECKING:
-    from rehost.core.campaign import Campaign
-    from rehost.core.model import VM, Finding
+    from pluggy import HookCaller
 
 #: Built-in plugins, registered in this order, each by a short name a site can block.
 BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
-    ("hypervisor", "rehost.plugins.hypervisor"),
+    ("control", "rehost.plugins.control"),
     ("abiquo", "rehost.plugins.abiquo"),
     ("notify", "rehost.plugins.notify"),
     ("storage", "rehost.plugins.storage"),
@@ -38,7 +49,6 @@ BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
     ("allocation-loadlevel", "rehost.plugins.allocation.loadlevel"),
     ("allocation-halt", "rehost.plugins.allocation.halt"),
     ("preflight", "rehost.plugins.preflight"),
-    ("rollback", "rehost.plugins.rollback"),
     ("report-markdown", "rehost.reports.markdown"),
     ("report-html", "rehost.reports.html"),
     ("report-json", "rehost.reports.json_report"),
@@ -173,6 +183,29 @@ class PluginManager:
             raise ConfigError(f"unknown {kind} strategy {name!r}: choose one of {choices}")
         return found[name]
 
+    def build_strategy(self, kind: str, name: str, options: dict[str, Any]) -> Strategy:
+        """The strategy ``name`` of ``kind``, built from its options; a factory that builds
+        something else than the kind's base class is an error naming the plugin."""
+        record = self.strategy(kind, name)
+        built = record.factory(dict(options))
+        base = KINDS[kind]
+        if not isinstance(built, base):
+            raise PluginError(f"plugin {record.plugin!r}: its {kind} strategy {name!r} is a "
+                              f"{type(built).__name__}, not a {base.__module__}."
+                              f"{base.__name__} (rehost.api.{base.__name__})")
+        return built
+
+    def settings_specs(self) -> list[PluginSettings]:
+        """Every plugin's declared settings, each checked to come from that plugin."""
+        out: list[PluginSettings] = []
+        for plugin_name, specs_ in self.hooks.plugin_settings():
+            for spec in specs_:
+                if not isinstance(spec, PluginSettings):
+                    raise PluginError(f"plugin {plugin_name!r} declared settings that are not "
+                                      f"a PluginSettings: {spec!r}")
+                out.append(spec)
+        return out
+
     def listing(self) -> list[PluginInfo]:
         return list(self.infos.values())
 
@@ -211,84 +244,134 @@ class Hooks:
         self._pm = manager.pm
         self._hook = manager.pm.hook
 
-    def strategy_offers(self, kind: str) -> list[tuple[str, list[Any]]]:
-        """Each plugin's offer of strategies of a kind (``storage``, ``allocation``) with the
-        plugin's name: the registry hook is asked plugin by plugin, so that a duplicate name
-        can be reported with both plugins."""
-        caller = {
-            "storage": self._hook.rehost_storage_strategies,
-            "allocation": self._hook.rehost_allocation_strategies,
-        }[kind]
+    def _per_plugin(self, caller: HookCaller) -> list[tuple[str, list[Any]]]:
+        """A registry hook asked plugin by plugin, each answer with the plugin's name."""
         offers: list[tuple[str, list[Any]]] = []
         for impl in caller.get_hookimpls():
             records: list[Any] = list(impl.function() or [])  # type: ignore[call-overload]
             offers.append((self._pm.get_name(impl.plugin) or "?", records))
         return offers
 
-    def configure(self, ctx: Campaign) -> None:
+    def _perform(self, caller: HookCaller, **kwargs: Any) -> tuple[str, Any] | None:
+        """A ``firstresult`` hook, called implementation by implementation in pluggy's order
+        (tryfirst and last registered first) through pluggy itself (call monitoring and
+        tracing see every call), so that the answer is known to come from one plugin: it is
+        checked in that plugin's name. Hook wrappers are not run around these hooks."""
+        for impl in reversed(caller.get_hookimpls()):
+            if impl.hookwrapper or impl.wrapper:
+                continue
+            value = self._pm._hookexec(caller.name, [impl], kwargs, True)
+            if value is not None:
+                return self._pm.get_name(impl.plugin) or "?", value
+        return None
+
+    def strategy_offers(self, kind: str) -> list[tuple[str, list[Any]]]:
+        """Each plugin's offer of strategies of a kind (``storage``, ``allocation``,
+        ``control``) with the plugin's name, so that a duplicate name can be reported with
+        both plugins."""
+        caller = {
+            "storage": self._hook.rehost_storage_strategies,
+            "allocation": self._hook.rehost_allocation_strategies,
+            "control": self._hook.rehost_control_planes,
+        }[kind]
+        return self._per_plugin(caller)
+
+    def plugin_settings(self) -> list[tuple[str, list[Any]]]:
+        return self._per_plugin(self._hook.rehost_plugin_settings)
+
+    def report_formats(self) -> list[str]:
+        out: list[str] = []
+        for formats in self._hook.rehost_report_formats():
+            out.extend(f for f in formats or [] if f not in out)
+        return out
+
+    def discover_hosts(self, ctx: Context) -> list[Host]:
+        found: list[Host] | None = self._hook.rehost_discover_hosts(ctx=ctx)
+        return found or []
+
+    def configure(self, ctx: Context) -> None:
         self._hook.rehost_configure(ctx=ctx)
 
-    def unconfigure(self, ctx: Campaign) -> None:
+    def unconfigure(self, ctx: Context) -> None:
         self._hook.rehost_unconfigure(ctx=ctx)
 
-    def preflight(self, ctx: Campaign) -> list[Finding]:
+    def preflight(self, ctx: Context) -> list[Finding]:
         out: list[Finding] = []
         for findings in self._hook.rehost_preflight(ctx=ctx):
             out.extend(findings or [])
         return out
 
-    def select_vms(self, ctx: Campaign) -> list[VM] | None:
+    def select_vms(self, ctx: Context) -> list[VM] | None:
         result: list[VM] | None = self._hook.rehost_select_vms(ctx=ctx)
         return result
 
-    def fence(self, ctx: Campaign) -> dict[str, Any] | None:
-        result: dict[str, Any] | None = self._hook.rehost_fence(ctx=ctx)
+    def fence(self, ctx: Context) -> FenceResult:
+        return self._checked("fence", self._perform(self._hook.rehost_fence, ctx=ctx),
+                             FenceResult)
+
+    def unfence(self, ctx: Context, fenced: FenceResult) -> UnfenceResult:
+        return self._checked("unfence", self._perform(self._hook.rehost_unfence, ctx=ctx,
+                                                      fenced=fenced), UnfenceResult)
+
+    @staticmethod
+    def _checked(stage: str, answer: tuple[str, Any] | None, cls: type[R]) -> R:
+        result = _stage_result(stage, answer, hook=f"rehost_{stage}")
+        assert isinstance(result, cls)
         return result
 
-    def unfence(self, ctx: Campaign, fenced: dict[str, Any]) -> dict[str, Any] | None:
-        result: dict[str, Any] | None = self._hook.rehost_unfence(ctx=ctx, fenced=fenced)
-        return result
-
-    def campaign_start(self, ctx: Campaign, vms: list[VM]) -> None:
+    def campaign_start(self, ctx: Context, vms: list[VM]) -> None:
         self._hook.rehost_campaign_start(ctx=ctx, vms=vms)
 
-    def campaign_finish(self, ctx: Campaign, outcome: dict[str, str]) -> None:
+    def campaign_finish(self, ctx: Context, outcome: dict[str, str]) -> None:
         self._hook.rehost_campaign_finish(ctx=ctx, outcome=outcome)
 
-    def stage_start(self, stage: str, vm: VM | None, ctx: Campaign) -> None:
+    def stage_start(self, stage: str, vm: VM | None, ctx: Context) -> None:
         self._hook.rehost_stage_start(stage=stage, vm=vm, ctx=ctx)
 
-    def stage_finish(self, stage: str, vm: VM | None, ctx: Campaign, result: Any) -> None:
+    def stage_finish(self, stage: str, vm: VM | None, ctx: Context, result: Any) -> None:
         self._hook.rehost_stage_finish(stage=stage, vm=vm, ctx=ctx, result=result)
 
-    def stage_error(self, stage: str, vm: VM | None, ctx: Campaign, error: BaseException) -> None:
+    def stage_error(self, stage: str, vm: VM | None, ctx: Context, error: BaseException) -> None:
         self._hook.rehost_stage_error(stage=stage, vm=vm, ctx=ctx, error=error)
 
-    def notify(self, vm: VM, ctx: Campaign, event: str) -> None:
+    def notify(self, vm: VM, ctx: Context, event: str) -> None:
         self._hook.rehost_notify(vm=vm, ctx=ctx, event=event)
 
-    def vm_stage(self, stage: str, vm: VM, ctx: Campaign) -> Any:
-        """Perform one per-VM stage through its ``rehost_vm_<stage>`` hook."""
+    def vm_stage(self, stage: str, vm: VM, ctx: Context, **extra: Any) -> Result:
+        """Perform one per-VM stage through its ``rehost_vm_<stage>`` hook; the answer is
+        checked against the stage's result type."""
         caller = getattr(self._hook, f"rehost_vm_{stage}", None)
         if caller is None:
             raise PluginError(f"no hook performs stage {stage!r}")
-        return caller(vm=vm, ctx=ctx)
+        answer = self._perform(caller, vm=vm, ctx=ctx, **extra)
+        return _stage_result(stage, answer)
 
-    def transfer_progress(self, vm: VM, ctx: Campaign, path: str, done: int, total: int,
+    def transfer_progress(self, vm: VM, ctx: Context, path: str, done: int, total: int,
                           seconds: float) -> None:
         self._hook.rehost_transfer_progress(vm=vm, ctx=ctx, path=path, done=done, total=total,
                                             seconds=seconds)
 
-    def rollback_vm(self, vm: VM, ctx: Campaign) -> dict[str, Any] | None:
-        result: dict[str, Any] | None = self._hook.rehost_rollback_vm(vm=vm, ctx=ctx)
-        return result
+    def rollback_vm(self, vm: VM, ctx: Context) -> Result:
+        return _stage_result("rollback", self._perform(self._hook.rehost_rollback_vm, vm=vm,
+                                                       ctx=ctx), hook="rehost_rollback_vm")
 
-    def report_template_dirs(self, ctx: Campaign) -> list[list[str]]:
+    def report_template_dirs(self, ctx: Context) -> list[list[str]]:
         result: list[list[str]] = self._hook.rehost_report_template_dirs(ctx=ctx)
         return result
 
-    def report(self, ctx: Campaign, outdir: str, formats: list[str]) -> list[str]:
+    def report(self, ctx: Context, outdir: str, formats: list[str]) -> list[str]:
         paths: list[str] = []
         for written in self._hook.rehost_report(ctx=ctx, outdir=outdir, formats=formats):
             paths.extend(written or [])
         return paths
+
+
+R = TypeVar("R", bound=Result)
+
+
+def _stage_result(stage: str, answer: tuple[str, Any] | None, hook: str = "") -> Result:
+    if answer is None:
+        raise PluginError(f"no plugin performs stage {stage!r} ({hook or 'rehost_vm_' + stage});"
+                          " is a built-in plugin blocked?")
+    plugin, value = answer
+    return check_result(stage, value, plugin)

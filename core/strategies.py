@@ -1,49 +1,230 @@
-"""What a strategy object offers. Strategies are built by the factory of a
-:class:`~rehost.core.model.StrategyRecord` from their options in the site config."""
+"""The three kinds of strategy a site chooses in its config, as base classes.
+
+A plugin offers a strategy through a registry hook (``rehost_storage_strategies``,
+``rehost_allocation_strategies``, ``rehost_control_planes``) as a
+:class:`~rehost.core.model.StrategyRecord` whose ``factory(options)`` builds an instance of
+the kind's base class here; the plugin manager checks that it does. Every method that changes
+something checks its precondition first and is safe to run twice; every stage method returns
+its result type from :mod:`rehost.core.types`.
+
+* :class:`StorageStrategy`: how the user's disks get from the source to the target host.
+* :class:`AllocationStrategy`: how the control plane is made to place new deploys on targets.
+* :class:`ControlPlane`: which VMs move, where they are, how they are undefined, deployed,
+  powered and put back (Abiquo; a site's own manager).
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from rehost.core.disks import parse_disks
+from rehost.core.errors import ConfigError, PreconditionError
+from rehost.core.types import (
+    BackupXmlResult,
+    CleanupResult,
+    Context,
+    DeployResult,
+    Disk,
+    DiskCheck,
+    FenceResult,
+    Finding,
+    Host,
+    LocateResult,
+    PowerOffNewResult,
+    PowerOffResult,
+    PreserveResult,
+    RemoveNewDisksResult,
+    RollbackResult,
+    StartResult,
+    SwapResult,
+    TransferResult,
+    UndefineResult,
+    UnfenceResult,
+    VerifyResult,
+)
 
 if TYPE_CHECKING:
-    from rehost.core.campaign import Campaign
-    from rehost.core.model import VM, Disk, Finding
+    from rehost.core.types import VM, AwaitUndeployedResult
 
 
-class StorageStrategy(Protocol):
-    """Moves the user's disks: every method checks its precondition before it changes
-    anything, and is safe to run twice. Results are JSON-serialisable facts."""
+class Strategy(ABC):  # noqa: B024 (a common base; each kind has abstract methods)
+    """What every strategy has: a name, its options from the site config
+    (``[storage.options]`` ...), and preflight checks of its own."""
 
-    name: str
+    kind: ClassVar[str] = ""
+    name: str = ""
 
-    def preflight(self, ctx: Campaign) -> list[Finding]: ...
+    def __init__(self, options: dict[str, Any] | None = None) -> None:
+        self.options = dict(options or {})
 
-    def space_needed(self, ctx: Campaign, vm: VM, disk: Disk) -> int:
-        """Bytes the disk takes on the target datastore after the transfer."""
-        ...
+    def reject_unknown_options(self) -> None:
+        """Call once the known options were popped from ``self.options``."""
+        if self.options:
+            key = sorted(self.options)[0]
+            raise ConfigError(f"unknown key {self.kind}.options.{key} for strategy "
+                              f"{self.name!r}")
 
-    def preserve_disks(self, vm: VM, ctx: Campaign) -> dict[str, Any]: ...
-
-    def transfer(self, vm: VM, ctx: Campaign) -> dict[str, Any]: ...
-
-    def remove_new_disks(self, vm: VM, ctx: Campaign) -> dict[str, Any]: ...
-
-    def swap_disks(self, vm: VM, ctx: Campaign) -> dict[str, Any]: ...
-
-    def verify(self, vm: VM, ctx: Campaign) -> dict[str, Any]: ...
-
-    def cleanup(self, vm: VM, ctx: Campaign) -> dict[str, Any]: ...
+    def preflight(self, ctx: Context) -> list[Finding]:
+        """Findings about this strategy's readiness (``critical`` stops the run)."""
+        return []
 
 
-class AllocationStrategy(Protocol):
-    """Makes the control plane send new deploys to the target hosts, and puts it back."""
+class StorageStrategy(Strategy):
+    """Moves the user's disks: preserves them under backup names before the control plane
+    deploys at their paths, brings them to the target, swaps them in, verifies them, and
+    deletes the backups only when asked. It also knows how to put them back (rollback)."""
 
-    name: str
+    kind = "storage"
 
-    def fence(self, ctx: Campaign) -> dict[str, Any]:
-        """Change the rules; return a JSON-serialisable record of what was there before."""
-        ...
+    def space_needed(self, ctx: Context, vm: VM, disk: Disk) -> int:
+        """Bytes ``disk`` takes on the target datastore once moved (0: nothing copied)."""
+        return 0
 
-    def unfence(self, ctx: Campaign, fenced: dict[str, Any]) -> dict[str, Any]:
-        """Restore what ``fence`` recorded; return what was restored."""
-        ...
+    @abstractmethod
+    def preserve_disks(self, vm: VM, ctx: Context) -> PreserveResult: ...
+
+    @abstractmethod
+    def transfer(self, vm: VM, ctx: Context) -> TransferResult: ...
+
+    @abstractmethod
+    def remove_new_disks(self, vm: VM, ctx: Context) -> RemoveNewDisksResult: ...
+
+    @abstractmethod
+    def swap_disks(self, vm: VM, ctx: Context) -> SwapResult: ...
+
+    @abstractmethod
+    def verify(self, vm: VM, ctx: Context) -> VerifyResult: ...
+
+    @abstractmethod
+    def cleanup(self, vm: VM, ctx: Context, delete: bool) -> CleanupResult:
+        """Delete the backups of a verified VM when ``delete``; else list them as pending."""
+
+    # -- rollback: the control plane calls these, in this order --------------------------------
+
+    @abstractmethod
+    def secure_disks(self, vm: VM, ctx: Context, deployed_on: str | None) -> list[str]:
+        """Make sure the user's disks are safe under their backup names on the source host
+        before the control plane removes the VM from ``deployed_on`` (where it is deployed
+        now, if anywhere). Returns the steps taken."""
+
+    @abstractmethod
+    def restore_disks(self, vm: VM, ctx: Context) -> list[str]:
+        """On the source host, with the VM defined there and off: check each backup is the
+        user's disk, remove what the control plane put at the disk's path, and put the backup
+        back at its path."""
+
+    @abstractmethod
+    def check_restored(self, vm: VM, ctx: Context) -> list[DiskCheck]:
+        """The disks at their paths on the source host are the user's."""
+
+
+class AllocationStrategy(Strategy):
+    """Makes the control plane place new deploys on the target hosts only, and puts that
+    back afterwards (also after a failed or interrupted campaign)."""
+
+    kind = "allocation"
+
+    @abstractmethod
+    def fence(self, ctx: Context) -> FenceResult:
+        """Change the rules; return a record of what was there before."""
+
+    @abstractmethod
+    def unfence(self, ctx: Context, fenced: FenceResult) -> UnfenceResult:
+        """Restore what ``fence`` recorded."""
+
+
+class ControlPlane(Strategy):
+    """The system that owns the VMs (Abiquo, a site's manager): which VMs move, where they
+    run, and the stages that happen there. ``backup_xml``, ``power_off`` and ``undefine``
+    have libvirt defaults here."""
+
+    kind = "control"
+
+    def discover_hosts(self, ctx: Context) -> list[Host]:
+        """Hosts the control plane knows that the site config does not name."""
+        return []
+
+    @abstractmethod
+    def select_vms(self, ctx: Context) -> list[VM]:
+        """The campaign's VMs (the journal's, and the new ones on the source hosts)."""
+
+    def guard_target(self, ctx: Context, host: str) -> None:
+        """Raise :class:`PreconditionError` unless the user's disks may be put on ``host``.
+        Storage strategies call it before they touch a target host."""
+        if ctx.host(host).role != "target":
+            raise PreconditionError(f"{host} is not a target host: will not touch its disks")
+
+    @abstractmethod
+    def locate(self, vm: VM, ctx: Context) -> LocateResult: ...
+
+    def backup_xml(self, vm: VM, ctx: Context) -> BackupXmlResult:
+        """Save the domain XML (the persistent definition, and the live one: it names
+        backing chains) and list the disks. A backup an earlier run saved is kept: after
+        ``undefine`` it is the only copy."""
+        path = ctx.vm_dir(vm) / "domain.xml"
+        live_path = ctx.vm_dir(vm) / "domain-live.xml"
+        if not path.exists():
+            hv = ctx.hypervisor(_source(vm))
+            xml = hv.dumpxml(vm.name, inactive=True)
+            live = hv.dumpxml(vm.name)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(xml)
+            tmp.replace(path)
+            live_path.write_text(live)
+        text = live_path.read_text() if live_path.exists() else path.read_text()
+        vm.disks = parse_disks(text)
+        return BackupXmlResult(xml=str(path), disks=len(vm.disks),
+                               file_disks=[d.source or "" for d in vm.file_disks()],
+                               other_disks=[d.source for d in vm.disks if not d.is_file])
+
+    def power_off(self, vm: VM, ctx: Context) -> PowerOffResult:
+        """Graceful within ``campaign.power_off_timeout``, then forced."""
+        hv = ctx.hypervisor(_source(vm))
+        if not hv.exists(vm.name):
+            return PowerOffResult(how="not defined")
+        how = hv.power_off(vm.name, timeout=ctx.config.campaign.power_off_timeout)
+        return PowerOffResult(how=how, libvirt_state=hv.state(vm.name))
+
+    def undefine(self, vm: VM, ctx: Context) -> UndefineResult:
+        if not (ctx.state_dir / "vms" / vm.name / "domain.xml").exists():
+            raise PreconditionError(f"no XML backup of {vm.name}: will not undefine it")
+        hv = ctx.hypervisor(_source(vm))
+        if not hv.exists(vm.name):
+            return UndefineResult(undefined=False, already=True)
+        if hv.state(vm.name) == "running":
+            raise PreconditionError(f"{vm.name} is running on {vm.source_host}: power it off "
+                                    "first")
+        hv.undefine(vm.name)
+        return UndefineResult(undefined=True, host=vm.source_host)
+
+    @abstractmethod
+    def await_undeployed(self, vm: VM, ctx: Context) -> AwaitUndeployedResult: ...
+
+    @abstractmethod
+    def deploy(self, vm: VM, ctx: Context) -> DeployResult:
+        """Define the VM on a target host (sets ``vm.target_host``) and check it landed on
+        one: the user's disks must be safe under their backup names first."""
+
+    @abstractmethod
+    def power_off_new(self, vm: VM, ctx: Context) -> PowerOffNewResult: ...
+
+    @abstractmethod
+    def start(self, vm: VM, ctx: Context) -> StartResult: ...
+
+    @abstractmethod
+    def rollback(self, vm: VM, ctx: Context) -> RollbackResult:
+        """Put a VM that stopped part-way back on its source host on its own disks, through
+        the storage strategy's ``secure_disks``, ``restore_disks`` and ``check_restored``."""
+
+
+#: The base class each kind's factory must build.
+KINDS: dict[str, type[Strategy]] = {
+    "storage": StorageStrategy, "allocation": AllocationStrategy, "control": ControlPlane,
+}
+
+
+def _source(vm: VM) -> str:
+    if not vm.source_host:
+        raise PreconditionError(f"{vm.name}: its source host is not known (locate first)")
+    return vm.source_host

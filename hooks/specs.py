@@ -13,21 +13,47 @@ Rules (see STYLE.md):
   return values are collected in a list;
 * reporters observe: they never change what happened.
 
-``ctx`` is always the campaign (:class:`rehost.core.campaign.Campaign`): the site config, the
-journal, the hosts, the control plane (Abiquo) client and the chosen strategies.
-``vm`` is a :class:`rehost.core.model.VM`.
+``ctx`` is always the campaign, as :class:`rehost.core.types.Context` describes it: the site
+config, the journal, the hosts, the plugins' settings and the chosen strategies (``ctx.control``,
+``ctx.storage``, ``ctx.allocation``). ``vm`` is a :class:`rehost.core.types.VM`.
+
+Every per-VM stage returns its result type from :mod:`rehost.core.types` (also importable from
+:mod:`rehost.api`), or a mapping with its fields; the core checks it before journaling it.
+
+This module imports the types module only.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from rehost.core.types import (
+    VM,
+    AwaitUndeployedResult,
+    BackupXmlResult,
+    CleanupResult,
+    Context,
+    DeployResult,
+    FenceResult,
+    Finding,
+    Host,
+    LocateResult,
+    NotifyResult,
+    PluginSettings,
+    PowerOffNewResult,
+    PowerOffResult,
+    PreserveResult,
+    RemoveNewDisksResult,
+    RollbackResult,
+    StartResult,
+    StrategyRecord,
+    SwapResult,
+    TransferResult,
+    UndefineResult,
+    UnfenceResult,
+    VerifyResult,
+)
 from rehost.hooks import hookspec
-
-if TYPE_CHECKING:
-    from rehost.core.campaign import Campaign
-    from rehost.core.model import VM, Finding, StrategyRecord
-
 
 # ---------------------------------------------------------------------------------------------
 # plugin set-up
@@ -35,24 +61,25 @@ if TYPE_CHECKING:
 
 
 @hookspec
-def rehost_configure(ctx: Campaign) -> None:
+def rehost_configure(ctx: Context) -> None:
     """Called once a command starts working on the campaign (``run``, ``resume``, ``plan``,
     ``confirm``, ``rollback``): before the preflight.
 
     :param ctx: the campaign.
 
-    A plugin may read its options from ``ctx.config.plugin_options(name)`` here.
+    A plugin reads its settings (the ``[plugins.<name>]`` table it declared with
+    :func:`rehost_plugin_settings`, validated) with ``ctx.settings(name)`` here.
 
     Example::
 
         @hookimpl
         def rehost_configure(ctx):
-            ctx.log.info("my plugin is active")
+            ctx.log.info("mail goes to {}", ctx.settings("site-mail").relay)
     """
 
 
 @hookspec
-def rehost_unconfigure(ctx: Campaign) -> None:
+def rehost_unconfigure(ctx: Context) -> None:
     """Called once when the command's work on the campaign ends (after the report), also
     when it failed.
 
@@ -99,13 +126,76 @@ def rehost_allocation_strategies() -> list[StrategyRecord]:
     """
 
 
+@hookspec
+def rehost_control_planes() -> list[StrategyRecord]:
+    """Offer control planes: the system that owns the VMs (Abiquo; a site's own manager).
+
+    :return: a list of :class:`~rehost.core.types.StrategyRecord` with ``kind="control"``.
+      Each record's ``factory(options)`` returns a :class:`rehost.core.strategies.ControlPlane`
+      (which VMs move, locate, undefine, await_undeployed, deploy, power, start, the target
+      guard, rollback). Chosen with ``[control] strategy`` in the site config.
+
+    Example::
+
+        @hookimpl
+        def rehost_control_planes():
+            return [StrategyRecord("control", "ovirt", "oVirt engine", OvirtControl)]
+    """
+
+
+@hookspec
+def rehost_plugin_settings() -> list[PluginSettings]:
+    """Declare a plugin's own settings: a pydantic model for its ``[plugins.<name>]`` table
+    of the site config (or for a top-level section it claims, as ``abiquo`` does ``[abiquo]``).
+
+    The table is validated before anything runs; a wrong value or an unknown key is a
+    configuration error naming the key and the plugin. The validated object is
+    ``ctx.settings(name)``.
+
+    :return: a list of :class:`~rehost.core.types.PluginSettings`.
+
+    Example::
+
+        class MailSettings(pydantic.BaseModel):
+            model_config = pydantic.ConfigDict(extra="forbid")
+            relay: str = "localhost"
+
+        @hookimpl
+        def rehost_plugin_settings():
+            return [PluginSettings("site-mail", MailSettings)]
+    """
+
+
+@hookspec
+def rehost_report_formats() -> list[str]:
+    """The report formats a reporter writes (``html``, ``md``, ``json`` are built in).
+    ``[report] formats`` in the site config and ``rehost report --format`` choose among them.
+
+    Example::
+
+        @hookimpl
+        def rehost_report_formats():
+            return ["csv"]
+    """
+
+
 # ---------------------------------------------------------------------------------------------
 # the campaign
 # ---------------------------------------------------------------------------------------------
 
 
+@hookspec(firstresult=True)
+def rehost_discover_hosts(ctx: Context) -> list[Host] | None:
+    """Hosts the control plane knows that the site config does not list (added to the
+    campaign as sources or targets). Stops at first non-None result.
+
+    :param ctx: the campaign.
+    :return: the hosts found (may be empty).
+    """
+
+
 @hookspec
-def rehost_preflight(ctx: Campaign) -> list[Finding]:
+def rehost_preflight(ctx: Context) -> list[Finding]:
     """Check the campaign before anything changes.
 
     Every plugin may contribute findings; all are collected. A ``critical`` finding stops the
@@ -123,7 +213,7 @@ def rehost_preflight(ctx: Campaign) -> list[Finding]:
 
 
 @hookspec(firstresult=True)
-def rehost_select_vms(ctx: Campaign) -> list[VM] | None:
+def rehost_select_vms(ctx: Context) -> list[VM] | None:
     """Decide which VMs the campaign moves. Stops at first non-None result.
 
     :param ctx: the campaign.
@@ -132,7 +222,7 @@ def rehost_select_vms(ctx: Campaign) -> list[VM] | None:
 
 
 @hookspec(firstresult=True)
-def rehost_fence(ctx: Campaign) -> dict[str, Any] | None:
+def rehost_fence(ctx: Context) -> FenceResult | None:
     """Make the control plane send new deploys to the target hosts only. Stops at first
     non-None result.
 
@@ -140,24 +230,25 @@ def rehost_fence(ctx: Campaign) -> dict[str, Any] | None:
     returned is journaled and given back to :func:`rehost_unfence`.
 
     :param ctx: the campaign.
-    :return: a record of what was changed (JSON-serialisable), so it can be restored.
+    :return: a :class:`~rehost.core.types.FenceResult` recording what was changed (its own
+      facts as extra fields), so it can be restored.
     """
 
 
 @hookspec(firstresult=True)
-def rehost_unfence(ctx: Campaign, fenced: dict[str, Any]) -> dict[str, Any] | None:
+def rehost_unfence(ctx: Context, fenced: FenceResult) -> UnfenceResult | None:
     """Put back what :func:`rehost_fence` changed. Stops at first non-None result.
 
     Runs at the end of every campaign that fenced, also a failed one.
 
     :param ctx: the campaign.
     :param fenced: what the fence returned.
-    :return: a record of what was restored.
+    :return: an :class:`~rehost.core.types.UnfenceResult` recording what was restored.
     """
 
 
 @hookspec
-def rehost_campaign_start(ctx: Campaign, vms: list[VM]) -> None:
+def rehost_campaign_start(ctx: Context, vms: list[VM]) -> None:
     """The campaign starts moving VMs (after preflight and fence).
 
     :param ctx: the campaign.
@@ -166,7 +257,7 @@ def rehost_campaign_start(ctx: Campaign, vms: list[VM]) -> None:
 
 
 @hookspec
-def rehost_campaign_finish(ctx: Campaign, outcome: dict[str, str]) -> None:
+def rehost_campaign_finish(ctx: Context, outcome: dict[str, str]) -> None:
     """The campaign has ended (after unfence, before the report).
 
     :param ctx: the campaign.
@@ -180,31 +271,33 @@ def rehost_campaign_finish(ctx: Campaign, outcome: dict[str, str]) -> None:
 
 
 @hookspec
-def rehost_stage_start(stage: str, vm: VM | None, ctx: Campaign) -> None:
+def rehost_stage_start(stage: str, vm: VM | None, ctx: Context) -> None:
     """A stage starts. Observers only.
 
-    :param stage: the stage's name (see :data:`rehost.core.model.VM_STAGES` and
-      :data:`~rehost.core.model.CAMPAIGN_STAGES`).
+    :param stage: the stage's name (see :data:`rehost.core.types.VM_STAGES` and
+      :data:`~rehost.core.types.CAMPAIGN_STAGES`).
     :param vm: the VM, or ``None`` for a campaign stage.
     :param ctx: the campaign.
     """
 
 
 @hookspec
-def rehost_stage_finish(stage: str, vm: VM | None, ctx: Campaign, result: Any) -> None:
+def rehost_stage_finish(stage: str, vm: VM | None, ctx: Context, result: Any) -> None:
     """A stage finished successfully. Observers only.
 
     :param stage: the stage's name.
     :param vm: the VM, or ``None`` for a campaign stage.
     :param ctx: the campaign.
-    :param result: what the stage's hook returned (facts about the work done).
+    :param result: what the stage's hook returned, checked: a
+      :class:`~rehost.core.types.Result` of the stage's type.
     """
 
 
 @hookspec
-def rehost_stage_error(stage: str, vm: VM | None, ctx: Campaign, error: BaseException) -> None:
-    """A stage failed. Observers only: the core stops the VM at a safe point and goes on
-    with the others.
+def rehost_stage_error(stage: str, vm: VM | None, ctx: Context, error: BaseException) -> None:
+    """A stage failed, or was interrupted (``error`` is then a KeyboardInterrupt or
+    SystemExit, or carries ``interrupted = True``). Observers only: the core stops the VM at a
+    safe point and goes on with the others.
 
     :param stage: the stage's name.
     :param vm: the VM, or ``None`` for a campaign stage.
@@ -220,19 +313,25 @@ def rehost_stage_error(stage: str, vm: VM | None, ctx: Campaign, error: BaseExce
 
 
 @hookspec(firstresult=True)
-def rehost_vm_locate(vm: VM, ctx: Campaign) -> dict[str, Any] | None:
+def rehost_vm_locate(vm: VM, ctx: Context) -> LocateResult | None:
     """Confirm which source host runs the VM: the control plane and libvirt must agree.
     Sets ``vm.source_host``. Stops at first non-None result."""
 
 
 @hookspec(firstresult=True)
-def rehost_vm_backup_xml(vm: VM, ctx: Campaign) -> dict[str, Any] | None:
+def rehost_vm_backup_xml(vm: VM, ctx: Context) -> BackupXmlResult | None:
     """Save the domain's XML to the state directory and list its disks into ``vm.disks``.
     Stops at first non-None result."""
 
 
+@hookspec(firstresult=True)
+def rehost_vm_notify(vm: VM, ctx: Context) -> NotifyResult | None:
+    """Tell the VM's users that its downtime starts (the built-in implementation calls
+    every :func:`rehost_notify` with ``downtime_start``). Stops at first non-None result."""
+
+
 @hookspec
-def rehost_notify(vm: VM, ctx: Campaign, event: str) -> None:
+def rehost_notify(vm: VM, ctx: Context, event: str) -> None:
     """Tell a VM's users what happens to it. Every notifier is called.
 
     :param vm: the VM concerned.
@@ -250,47 +349,47 @@ def rehost_notify(vm: VM, ctx: Campaign, event: str) -> None:
 
 
 @hookspec(firstresult=True)
-def rehost_vm_power_off(vm: VM, ctx: Campaign) -> dict[str, Any] | None:
+def rehost_vm_power_off(vm: VM, ctx: Context) -> PowerOffResult | None:
     """Power the VM off on its source host: graceful within a time limit, then forced.
     Stops at first non-None result."""
 
 
 @hookspec(firstresult=True)
-def rehost_vm_undefine(vm: VM, ctx: Campaign) -> dict[str, Any] | None:
+def rehost_vm_undefine(vm: VM, ctx: Context) -> UndefineResult | None:
     """Undefine the domain on the source host. Stops at first non-None result."""
 
 
 @hookspec(firstresult=True)
-def rehost_vm_await_undeployed(vm: VM, ctx: Campaign) -> dict[str, Any] | None:
+def rehost_vm_await_undeployed(vm: VM, ctx: Context) -> AwaitUndeployedResult | None:
     """Wait until the control plane shows the VM undeployed (Abiquo: NOT_ALLOCATED).
     Stops at first non-None result."""
 
 
 @hookspec(firstresult=True)
-def rehost_vm_preserve_disks(vm: VM, ctx: Campaign) -> dict[str, Any] | None:
+def rehost_vm_preserve_disks(vm: VM, ctx: Context) -> PreserveResult | None:
     """Rename each file disk ``X`` to ``X_BACK`` on the source datastore, so that the deploy
     cannot overwrite it. Stops at first non-None result."""
 
 
 @hookspec(firstresult=True)
-def rehost_vm_deploy(vm: VM, ctx: Campaign) -> dict[str, Any] | None:
+def rehost_vm_deploy(vm: VM, ctx: Context) -> DeployResult | None:
     """Deploy the VM again and check it landed on a target host; sets ``vm.target_host``.
     Stops at first non-None result."""
 
 
 @hookspec(firstresult=True)
-def rehost_vm_power_off_new(vm: VM, ctx: Campaign) -> dict[str, Any] | None:
+def rehost_vm_power_off_new(vm: VM, ctx: Context) -> PowerOffNewResult | None:
     """Power off the freshly deployed VM. Stops at first non-None result."""
 
 
 @hookspec(firstresult=True)
-def rehost_vm_transfer(vm: VM, ctx: Campaign) -> dict[str, Any] | None:
+def rehost_vm_transfer(vm: VM, ctx: Context) -> TransferResult | None:
     """Bring every ``X_BACK`` to the target datastore (the storage strategy's work).
     Stops at first non-None result."""
 
 
 @hookspec
-def rehost_transfer_progress(vm: VM, ctx: Campaign, path: str, done: int, total: int,
+def rehost_transfer_progress(vm: VM, ctx: Context, path: str, done: int, total: int,
                              seconds: float) -> None:
     """A copy is under way: how much of one disk has arrived on the target. Observers only;
     called every few seconds while a copying strategy runs, and once when the disk is done.
@@ -311,46 +410,52 @@ def rehost_transfer_progress(vm: VM, ctx: Campaign, path: str, done: int, total:
 
 
 @hookspec(firstresult=True)
-def rehost_vm_remove_new_disks(vm: VM, ctx: Campaign) -> dict[str, Any] | None:
+def rehost_vm_remove_new_disks(vm: VM, ctx: Context) -> RemoveNewDisksResult | None:
     """Delete the template disks the deploy created on the target. Stops at first non-None
     result."""
 
 
 @hookspec(firstresult=True)
-def rehost_vm_swap_disks(vm: VM, ctx: Campaign) -> dict[str, Any] | None:
+def rehost_vm_swap_disks(vm: VM, ctx: Context) -> SwapResult | None:
     """Move the user's disks into the new VM's disk paths, owned as the hypervisor expects.
     Stops at first non-None result."""
 
 
 @hookspec(firstresult=True)
-def rehost_vm_start(vm: VM, ctx: Campaign) -> dict[str, Any] | None:
+def rehost_vm_start(vm: VM, ctx: Context) -> StartResult | None:
     """Start the VM on the target and check it is ON. Stops at first non-None result."""
 
 
 @hookspec(firstresult=True)
-def rehost_vm_verify(vm: VM, ctx: Campaign) -> dict[str, Any] | None:
+def rehost_vm_verify(vm: VM, ctx: Context) -> VerifyResult | None:
     """Check the disks on the target are the user's disks and the domain runs there.
     Stops at first non-None result."""
 
 
 @hookspec(firstresult=True)
-def rehost_vm_cleanup(vm: VM, ctx: Campaign) -> dict[str, Any] | None:
+def rehost_vm_cleanup(vm: VM, ctx: Context, delete: bool) -> CleanupResult | None:
     """Delete ``X_BACK`` on the source datastore, only after verify and only when asked.
-    Stops at first non-None result."""
+    Stops at first non-None result.
+
+    :param delete: true when the backups are to be deleted (``--delete-backups``, ``rehost
+      confirm``); otherwise the result lists them as ``pending``.
+    """
 
 
 @hookspec(firstresult=True)
-def rehost_rollback_vm(vm: VM, ctx: Campaign) -> dict[str, Any] | None:
+def rehost_rollback_vm(vm: VM, ctx: Context) -> RollbackResult | None:
     """Put a VM that stopped part-way back on its source host, running on the user's own
     disks (``rehost rollback``). Stops at first non-None result.
 
-    Whatever stage the VM stopped in, the implementation must first make sure the user's disks
-    are safe under their ``_BACK`` names on the source datastore, then bring the VM back there
-    and check its disks against the checksums ``preserve_disks`` recorded.
+    The built-in implementation asks the control plane (``ControlPlane.rollback``), which
+    works through the storage strategy: whatever stage the VM stopped in, the user's disks are
+    first made safe under their backup names on the source datastore, then the VM is brought
+    back there and its disks checked against what ``preserve_disks`` recorded.
 
     :param vm: the VM, as the journal knows it (its ``facts`` hold every stage's result).
     :param ctx: the campaign.
-    :return: what was done (JSON-serialisable), journaled as the ``rollback`` stage.
+    :return: a :class:`~rehost.core.types.RollbackResult`, journaled as the ``rollback``
+      stage.
 
     Example::
 
@@ -366,7 +471,7 @@ def rehost_rollback_vm(vm: VM, ctx: Campaign) -> dict[str, Any] | None:
 
 
 @hookspec
-def rehost_report_template_dirs(ctx: Campaign) -> list[str]:
+def rehost_report_template_dirs(ctx: Context) -> list[str]:
     """Directories of report templates a plugin brings. Every plugin is asked.
 
     The built-in reporters look a template up first in the site config's
@@ -386,11 +491,12 @@ def rehost_report_template_dirs(ctx: Campaign) -> list[str]:
 
 
 @hookspec
-def rehost_report(ctx: Campaign, outdir: str, formats: list[str]) -> list[str]:
+def rehost_report(ctx: Context, outdir: str, formats: list[str]) -> list[str]:
     """Write the campaign's report. Every reporter is called; reporters observe only.
 
     :param ctx: the campaign (its journal holds every stage of every VM).
     :param outdir: the directory to write into.
-    :param formats: the formats asked for (``html``, ``md``, ``json``).
+    :param formats: the formats asked for (each one a reporter offers through
+      :func:`rehost_report_formats`); a reporter writes those it knows.
     :return: the paths written.
     """

@@ -1,240 +1,412 @@
-"""The Abiquo control plane: which VMs move, where they are, and the stages that happen in
-Abiquo (await_undeployed, deploy, power_off_new, start), plus Abiquo's preflight checks.
+"""The Abiquo control plane (``[control] strategy = "abiquo"``, the default): which VMs move,
+where they are, and the stages that happen in Abiquo (await_undeployed, deploy,
+power_off_new, start), Abiquo's preflight checks, the target guard (disks are touched only on
+a CentOS 6 host Abiquo deployed to), hosts discovered from Abiquo, and ``rehost rollback``.
 
-A machine in Abiquo is matched with a host of the site config by its ``ip`` (the host's
-``address``) or its name.
+Its settings are the ``[abiquo]`` section of the site config
+(:class:`rehost.abiquo.settings.AbiquoSettings`). A machine in Abiquo is matched with a host of
+the site config by its ``ip`` (the host's ``address``) or its name.
+
+Rollback, each step checked before the next:
+
+1. the storage strategy makes the user's disks safe as ``X_BACK`` on the source datastore;
+2. a copy deployed elsewhere is powered off and undeployed (only template disks or copies are
+   deleted with it);
+3. the VM is deployed again, pinned to its source host by temporary 1% load-level rules on
+   every other machine (removed again whatever happens);
+4. the storage strategy checks ``X_BACK`` is the user's disk and puts it back at ``X``; the VM
+   is started, and the disks are checked again.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from rehost.core.errors import PreconditionError
-from rehost.core.model import VM, Finding
-from rehost.hooks import hookimpl
-from rehost.plugins.storage.base import backup_path
+from rehost.abiquo.compat import check_compatibility
+from rehost.abiquo.settings import SETTINGS
+from rehost.abiquo.site import client, machine_host, settings
+from rehost.abiquo.types import DEPLOYED
+from rehost.api import (
+    VM,
+    AwaitUndeployedResult,
+    Context,
+    ControlPlane,
+    DeployResult,
+    Finding,
+    Host,
+    LocateResult,
+    PluginSettings,
+    PowerOffNewResult,
+    PreconditionError,
+    PreserveResult,
+    RehostError,
+    RollbackResult,
+    StartResult,
+    StrategyRecord,
+    backup_path,
+    hookimpl,
+)
 
 if TYPE_CHECKING:
-    from rehost.core.abiquo import AbiquoClient, Machine, VirtualMachine
-    from rehost.core.campaign import Campaign
-
-DEPLOYED = {"ON", "OFF", "PAUSED"}
+    from rehost.abiquo.client import AbiquoClient
+    from rehost.abiquo.types import Machine, VirtualMachine
 
 
-def machine_host(ctx: Campaign, machine: Machine | None) -> str | None:
-    """The site config's host for an Abiquo machine."""
-    if machine is None:
-        return None
-    for key in (machine.ip, machine.name):
-        if key:
-            host = ctx.host_by_address(key)
-            if host is not None:
-                return host.name
-    return None
+def _machines_by_url(c: AbiquoClient) -> dict[str, Machine]:
+    return {c.absolute(m.url): m for m in c.machines()}
 
 
-def _machines_by_url(client: AbiquoClient) -> dict[str, Machine]:
-    return {client.absolute(m.url): m for m in client.machines()}
-
-
-def _vm_machine(client: AbiquoClient, vm: VirtualMachine,
+def _vm_machine(c: AbiquoClient, vm: VirtualMachine,
                 machines: dict[str, Machine]) -> Machine | None:
     link = vm.link("machine")
     if link is None:
         return None
-    return machines.get(client.absolute(link.href)) or client.machine(link.href)
+    return machines.get(c.absolute(link.href)) or c.machine(link.href)
 
 
-def _abiquo_vm(ctx: Campaign, vm: VM, wait: bool = True) -> VirtualMachine:
-    """The VM as Abiquo shows it now; while it is LOCKED (an action of an earlier,
-    interrupted run still in progress) wait until it is not, unless ``wait`` is false."""
-    client = ctx.abiquo
-    if vm.abiquo_href:
-        found = client.vm(vm.abiquo_href)
-    else:
-        found = client.find_vm(uuid=vm.uuid)
-        vm.abiquo_href = client.absolute(found.url)
-    if found.state == "LOCKED" and wait:
-        found = client.wait_vm(found, DEPLOYED | {"NOT_ALLOCATED", "UNKNOWN"},
-                               timeout=ctx.config.campaign.task_timeout)
-    return found
+def _parse_release(text: str) -> int | None:
+    from rehost.core.hypervisor import parse_centos_release
+
+    return parse_centos_release(text)[0]
 
 
-# -- which VMs ---------------------------------------------------------------------------------
+class AbiquoControl(ControlPlane):
+    name = "abiquo"
+
+    def __init__(self, options: dict[str, object] | None = None) -> None:
+        super().__init__(options)
+        self.reject_unknown_options()
+
+    # -- the VM as Abiquo shows it --------------------------------------------------------------
+
+    def abiquo_vm(self, ctx: Context, vm: VM, wait: bool = True) -> VirtualMachine:
+        """The VM as Abiquo shows it now; while it is LOCKED (an action of an earlier,
+        interrupted run still in progress) wait until it is not, unless ``wait`` is false."""
+        c = client(ctx)
+        if vm.control_ref:
+            found = c.vm(vm.control_ref)
+        else:
+            found = c.find_vm(uuid=vm.uuid)
+            vm.control_ref = c.absolute(found.url)
+        if found.state == "LOCKED" and wait:
+            found = c.wait_vm(found, DEPLOYED | {"NOT_ALLOCATED", "UNKNOWN"},
+                              timeout=ctx.config.campaign.task_timeout)
+        return found
+
+    # -- hosts and VMs ------------------------------------------------------------------------
+
+    def discover_hosts(self, ctx: Context) -> list[Host]:
+        """With ``discover = true`` under [abiquo]: every KVM machine of Abiquo that the site
+        config does not name becomes a host, reached by its ip over ssh; its role comes from
+        its /etc/redhat-release (CentOS 5: source, CentOS 6: target, else left out)."""
+        if not settings(ctx).discover:
+            return []
+        found: list[Host] = []
+        known = {h.address for h in ctx.config.hosts.values()}
+        for m in client(ctx).machines():
+            if (m.type or "KVM").upper() != "KVM" or not m.ip or m.ip in known:
+                continue
+            name = m.name or m.ip
+            probe = Host(name=name, address=m.ip, datastore="/var/lib/virt")
+            ctx.add_host(probe)
+            try:
+                release = ctx.shell(name).read_text("/etc/redhat-release")
+            except RehostError as exc:
+                ctx.log.warning("discover: machine {} ({}) not reachable over ssh: {}", name,
+                                m.ip, exc)
+                ctx.forget_host(name)
+                continue
+            major = _parse_release(release)
+            if major not in (5, 6):
+                ctx.log.warning("discover: machine {} runs {}: neither source nor target",
+                                name, release.strip())
+                ctx.forget_host(name)
+                continue
+            probe.role = "source" if major == 5 else "target"
+            found.append(probe)
+        return found
+
+    def select_vms(self, ctx: Context) -> list[VM]:
+        """Every VM deployed on a source host (or those named in ``campaign.vms``), and every
+        VM the journal already knows (a resumed campaign keeps its VMs wherever they are)."""
+        c = client(ctx)
+        machines = _machines_by_url(c)
+        sources = {h.name for h in ctx.config.sources()}
+        wanted = ctx.config.campaign.vms
+        known = {r["name"]: VM.from_dict(r["vm"]) for r in ctx.journal.vm_rows()}
+        out: list[VM] = list(known.values())
+        for avm in c.virtual_machines():
+            uuid = avm.uuid or ""
+            name = f"ABQ_{uuid}"
+            if name in known:
+                continue
+            if wanted != "all" and not ({name, uuid, avm.name, avm.label} & set(wanted)):
+                continue
+            host = machine_host(ctx, _vm_machine(c, avm, machines))
+            if host not in sources or avm.state not in DEPLOYED | {"LOCKED", "UNKNOWN"}:
+                continue
+            out.append(VM(name=name, uuid=uuid, label=avm.label or avm.name or name,
+                          control_ref=c.absolute(avm.url), source_host=host))
+        return out
+
+    # -- preflight ----------------------------------------------------------------------------
+
+    def preflight(self, ctx: Context) -> list[Finding]:
+        findings = self._hosts(ctx)
+        findings += self._vms_and_capacity(ctx)
+        return findings
+
+    def _hosts(self, ctx: Context) -> list[Finding]:
+        """CentOS 5 sources, CentOS 6 targets as the compatibility table wants them."""
+        findings: list[Finding] = []
+        a = settings(ctx)
+        facts = {}
+        for h in ctx.config.hosts.values():
+            try:
+                facts[h.name] = ctx.facts(h.name)
+            except RehostError:
+                continue  # the core's reachability check reports it
+        sources = [h for h in ctx.config.sources() if h.name in facts]
+        targets = [h for h in ctx.config.targets() if h.name in facts]
+        for h in sources:
+            if facts[h.name].centos_major != 5:
+                findings.append(Finding("warning", "source-os",
+                                        f"source host runs {facts[h.name].os_release}, not "
+                                        "CentOS 5", host=h.name))
+        if not any(facts[h.name].centos_major == 5 for h in sources):
+            findings.append(Finding("critical", "no-source", "no source host runs CentOS 5"))
+        good = [h for h in targets if facts[h.name].centos_major == 6]
+        if not good:
+            findings.append(Finding("critical", "no-target", "no target host runs CentOS 6"))
+        for h in targets:
+            if facts[h.name].centos_major != 6:
+                findings.append(Finding("critical", "target-os",
+                                        f"target host runs {facts[h.name].os_release}, not "
+                                        "CentOS 6", host=h.name))
+        for h in good:
+            findings.extend(check_compatibility(a.version, facts[h.name], a.aim_version))
+        return findings
+
+    def _vms_and_capacity(self, ctx: Context) -> list[Finding]:
+        c = client(ctx)
+        findings: list[Finding] = []
+        by_host = {machine_host(ctx, m): m for m in c.machines()}
+        for host in ctx.config.hosts.values():
+            if host.name not in by_host:
+                findings.append(Finding("critical", "abiquo-machine",
+                                        f"no Abiquo machine has the address {host.address}",
+                                        host=host.name))
+        need_cpu = need_ram = 0
+        # a VM this campaign already acted on may be LOCKED by its own interrupted action:
+        # wait for it; any other LOCKED VM is someone else's business, and a finding at once
+        started = {r["name"] for r in ctx.journal.vm_rows() if r["status"] != "pending"}
+        sources = {h.name for h in ctx.config.sources()}
+        for vm in ctx.vms:
+            try:
+                avm = self.abiquo_vm(ctx, vm, wait=vm.name in started)
+            except Exception as exc:
+                findings.append(Finding("critical", "abiquo-vm", f"not found in Abiquo: {exc}",
+                                        vm=vm.label or vm.name))
+                continue
+            if avm.state in ("LOCKED", "UNKNOWN"):
+                findings.append(Finding("critical", "vm-state",
+                                        f"is {avm.state} in Abiquo: wait until it is not",
+                                        vm=vm.label or vm.name))
+            if vm.source_host in sources:
+                need_cpu += avm.cpu or 0
+                need_ram += avm.ram or 0
+        free_cpu = free_ram = 0
+        for h in ctx.config.targets():
+            m = by_host.get(h.name)
+            if m is None:
+                continue
+            if m.state != "MANAGED":
+                findings.append(Finding("warning", "target-state",
+                                        f"Abiquo machine is {m.state}: it receives no deploys",
+                                        host=h.name))
+                continue
+            free_cpu += (m.cpu or 0) - (m.cpuUsed or 0)
+            free_ram += (m.ram or 0) - (m.ramUsed or 0)
+        if need_cpu > free_cpu or need_ram > free_ram:
+            findings.append(Finding(
+                "critical", "capacity",
+                f"the VMs to move need {need_cpu} CPU and {need_ram} MB RAM; the target hosts "
+                f"have {free_cpu} CPU and {free_ram} MB free"))
+        else:
+            findings.append(Finding("info", "capacity",
+                                    f"targets have {free_cpu} CPU and {free_ram} MB RAM free "
+                                    f"for {need_cpu} CPU and {need_ram} MB needed"))
+        return findings
+
+    # -- the target guard ---------------------------------------------------------------------
+
+    def guard_target(self, ctx: Context, host: str) -> None:
+        super().guard_target(ctx, host)
+        facts = ctx.facts(host)
+        if facts.centos_major != 6:  # unknown is not CentOS 6 either
+            raise PreconditionError(f"{host} runs {facts.os_release}, not CentOS 6: will not "
+                                    "touch its disks")
+
+    # -- stages -------------------------------------------------------------------------------
+
+    def locate(self, vm: VM, ctx: Context) -> LocateResult:
+        c = client(ctx)
+        avm = self.abiquo_vm(ctx, vm)
+        if avm.state not in DEPLOYED:
+            raise PreconditionError(f"{vm.label or vm.name} is {avm.state} in Abiquo, not "
+                                    "deployed")
+        host = machine_host(ctx, c.vm_machine(avm))
+        if host is None:
+            raise PreconditionError(f"{vm.name}: Abiquo's machine for it is not in the site "
+                                    "config")
+        if ctx.host(host).role != "source":
+            raise PreconditionError(f"{vm.name} is on {host}, which is not a source host")
+        hv = ctx.hypervisor(host)
+        if not hv.exists(vm.name):
+            raise PreconditionError(f"Abiquo says {vm.name} is on {host}, but libvirt there has "
+                                    "no such domain")
+        vm.source_host = host
+        vm.label = vm.label or avm.label or avm.name or vm.name
+        return LocateResult(host=host, abiquo_state=avm.state,
+                            libvirt_state=hv.state(vm.name), cpu=avm.cpu, ram=avm.ram)
+
+    def await_undeployed(self, vm: VM, ctx: Context) -> AwaitUndeployedResult:
+        avm = self.abiquo_vm(ctx, vm)
+        now = client(ctx).wait_vm(avm, {"NOT_ALLOCATED"},
+                                  timeout=ctx.config.campaign.task_timeout)
+        return AwaitUndeployedResult(state=now.state)
+
+    def deploy(self, vm: VM, ctx: Context) -> DeployResult:
+        c = client(ctx)
+        avm = self.abiquo_vm(ctx, vm)
+        if avm.state == "NOT_ALLOCATED":
+            # the deploy writes template disks at the VM's disk paths: the user's disks must
+            # be safe under their _BACK names first
+            sh = ctx.shell(vm.source_host or "")
+            for disk in vm.file_disks():
+                if sh.exists(disk.source or "") or not sh.exists(backup_path(disk)):
+                    raise PreconditionError(
+                        f"{disk.source} is not preserved as {backup_path(disk)} on "
+                        f"{vm.source_host}: will not deploy (it would overwrite the user's "
+                        "disk)")
+            task = c.deploy(avm, timeout=ctx.config.campaign.task_timeout)
+            how = f"task {task.taskId} {task.state}"
+        elif avm.state in DEPLOYED:
+            how = "already deployed"
+        else:
+            raise PreconditionError(f"{vm.name} is {avm.state} in Abiquo: cannot deploy")
+        host = machine_host(ctx, c.vm_machine(avm))
+        if host is None or ctx.host(host).role != "target":
+            raise PreconditionError(
+                f"{vm.name} was deployed on {host or 'a machine not in the site config'}, not "
+                "on a target host: its disks there are templates; the user's disks stay as "
+                f"_BACK on {vm.source_host}")
+        facts = ctx.facts(host)
+        if facts.centos_major != 6:  # unknown is not CentOS 6 either
+            raise PreconditionError(f"{vm.name} landed on {host} ({facts.os_release}), not "
+                                    f"CentOS 6: the user's disks stay as _BACK on "
+                                    f"{vm.source_host}")
+        vm.target_host = host
+        return DeployResult(host=host, how=how, os_release=facts.os_release,
+                            abiquo_state=c.vm(avm).state)
+
+    def power_off_new(self, vm: VM, ctx: Context) -> PowerOffNewResult:
+        c = client(ctx)
+        avm = self.abiquo_vm(ctx, vm)
+        if avm.state == "ON":
+            c.power_off(avm, timeout=ctx.config.campaign.task_timeout)
+        state = ctx.hypervisor(vm.target_host or "").state(vm.name)
+        if state == "running":
+            raise PreconditionError(f"Abiquo powered {vm.name} off but libvirt on "
+                                    f"{vm.target_host} still shows it running")
+        return PowerOffNewResult(abiquo_state=c.vm(avm).state, libvirt_state=state)
+
+    def start(self, vm: VM, ctx: Context) -> StartResult:
+        c = client(ctx)
+        avm = self.abiquo_vm(ctx, vm)
+        if avm.state != "ON":
+            c.power_on(avm, timeout=ctx.config.campaign.task_timeout)
+        now = c.vm(avm)
+        if now.state != "ON":
+            raise PreconditionError(f"{vm.name} is {now.state} in Abiquo after power on")
+        state = ctx.hypervisor(vm.target_host or "").state(vm.name)
+        if state != "running":
+            raise PreconditionError(f"{vm.name} is ON in Abiquo but {state} in libvirt on "
+                                    f"{vm.target_host}")
+        return StartResult(host=vm.target_host or "", abiquo_state=now.state,
+                           libvirt_state=state)
+
+    # -- rollback -----------------------------------------------------------------------------
+
+    def rollback(self, vm: VM, ctx: Context) -> RollbackResult:
+        src = vm.source_host
+        if not src:
+            raise PreconditionError(f"{vm.name} was never located: it is where it was")
+        c = client(ctx)
+        limit = ctx.config.campaign.task_timeout
+        avm = self.abiquo_vm(ctx, vm)
+        hv = ctx.hypervisor(src)
+        # never undefined (and so never preserved): it only needs to run again
+        if hv.exists(vm.name) and vm.fact(PreserveResult) is None:
+            if avm.state in DEPLOYED:
+                if avm.state != "ON":
+                    c.power_on(avm, timeout=limit)
+            elif hv.state(vm.name) != "running":
+                hv.start(vm.name)
+            return RollbackResult(host=src, steps=["started again on the source host"])
+
+        here = machine_host(ctx, c.vm_machine(avm)) if avm.state in DEPLOYED else None
+        if here is not None and here == src and not hv.exists(vm.name):
+            # undefined, but Abiquo's monitor has not noticed yet: it will
+            avm = c.wait_vm(avm, {"NOT_ALLOCATED"}, timeout=limit)
+            here = None
+        if here is not None and avm.state == "ON":
+            c.power_off(avm, timeout=limit)
+        steps = ctx.storage.secure_disks(vm, ctx, here)
+        if here is not None:
+            c.undeploy(avm, timeout=limit)
+            steps.append(f"undeployed from {here}")
+            avm = c.wait_vm(avm, {"NOT_ALLOCATED"}, timeout=limit)
+
+        self._deploy_pinned(ctx, avm, src)
+        steps.append(f"deployed again on {src}")
+        avm = c.vm(avm)
+        if avm.state == "ON":
+            c.power_off(avm, timeout=limit)
+        steps += ctx.storage.restore_disks(vm, ctx)
+        c.power_on(avm, timeout=limit)
+        state = hv.state(vm.name)
+        if state != "running":
+            raise PreconditionError(f"{vm.name} is ON in Abiquo but {state} on {src}")
+        disks = ctx.storage.check_restored(vm, ctx)
+        vm.target_host = None
+        return RollbackResult(host=src, steps=steps, disks=disks, pending=[],
+                              abiquo_state=c.vm(avm).state, libvirt_state=state)
+
+    def _deploy_pinned(self, ctx: Context, avm: VirtualMachine, src: str) -> None:
+        """Deploy the VM on ``src`` only: 1% rules on every other machine meanwhile."""
+        c = client(ctx)
+        others = [m for m in c.machines()
+                  if machine_host(ctx, m) != src and m.state == "MANAGED"]
+        pins = [c.create_load_level_rule(m, cpu=1, ram=1) for m in others]
+        try:
+            c.deploy(avm, timeout=ctx.config.campaign.task_timeout)
+        finally:
+            for rule in pins:
+                c.delete_load_level_rule(rule)
+        landed = machine_host(ctx, c.vm_machine(avm))
+        if landed != src:
+            raise PreconditionError(f"the deploy landed on {landed}, not on {src}: the user's "
+                                    f"disks stay as _BACK on {src}")
 
 
 @hookimpl(trylast=True)
-def rehost_select_vms(ctx: Campaign) -> list[VM]:
-    """Every VM deployed on a source host (or those named in ``campaign.vms``), and every VM
-    the journal already knows (a resumed campaign keeps its VMs wherever they are now)."""
-    client = ctx.abiquo
-    machines = _machines_by_url(client)
-    sources = {h.name for h in ctx.config.sources()}
-    wanted = ctx.config.campaign.vms
-    known = {r["name"]: VM.from_dict(r["vm"]) for r in ctx.journal.vm_rows()}
-    out: list[VM] = list(known.values())
-    for avm in client.virtual_machines():
-        uuid = avm.uuid or ""
-        name = f"ABQ_{uuid}"
-        if name in known:
-            continue
-        if wanted != "all" and not ({name, uuid, avm.name, avm.label} & set(wanted)):
-            continue
-        host = machine_host(ctx, _vm_machine(client, avm, machines))
-        if host not in sources or avm.state not in DEPLOYED | {"LOCKED", "UNKNOWN"}:
-            continue
-        out.append(VM(name=name, uuid=uuid, label=avm.label or avm.name or name,
-                      abiquo_href=client.absolute(avm.url), source_host=host))
-    return out
-
-
-# -- preflight ---------------------------------------------------------------------------------
+def rehost_control_planes() -> list[StrategyRecord]:
+    return [StrategyRecord("control", "abiquo",
+                           "Abiquo 2.4/2.6: VMs found, undeployed and deployed through its API",
+                           AbiquoControl)]
 
 
 @hookimpl
-def rehost_preflight(ctx: Campaign) -> list[Finding]:
-    if ctx.config.abiquo is None:
-        return []
-    client = ctx.abiquo
-    findings: list[Finding] = []
-    machines = client.machines()
-    by_host = {machine_host(ctx, m): m for m in machines}
-    for host in ctx.config.hosts.values():
-        if host.name not in by_host:
-            findings.append(Finding("critical", "abiquo-machine",
-                                    f"no Abiquo machine has the address {host.address}",
-                                    host=host.name))
-    need_cpu = need_ram = 0
-    # a VM this campaign already acted on may be LOCKED by its own interrupted action: wait
-    # for it; any other LOCKED VM is someone else's business, and a finding at once
-    started = {r["name"] for r in ctx.journal.vm_rows() if r["status"] != "pending"}
-    for vm in ctx.vms:
-        try:
-            avm = _abiquo_vm(ctx, vm, wait=vm.name in started)
-        except Exception as exc:
-            findings.append(Finding("critical", "abiquo-vm", f"not found in Abiquo: {exc}",
-                                    vm=vm.label or vm.name))
-            continue
-        if avm.state in ("LOCKED", "UNKNOWN"):
-            findings.append(Finding("critical", "vm-state",
-                                    f"is {avm.state} in Abiquo: wait until it is not",
-                                    vm=vm.label or vm.name))
-        if vm.source_host in {h.name for h in ctx.config.sources()}:
-            need_cpu += avm.cpu or 0
-            need_ram += avm.ram or 0
-    free_cpu = free_ram = 0
-    for h in ctx.config.targets():
-        m = by_host.get(h.name)
-        if m is None:
-            continue
-        if m.state != "MANAGED":
-            findings.append(Finding("warning", "target-state",
-                                    f"Abiquo machine is {m.state}: it receives no deploys",
-                                    host=h.name))
-            continue
-        free_cpu += (m.cpu or 0) - (m.cpuUsed or 0)
-        free_ram += (m.ram or 0) - (m.ramUsed or 0)
-    if need_cpu > free_cpu or need_ram > free_ram:
-        findings.append(Finding(
-            "critical", "capacity",
-            f"the VMs to move need {need_cpu} CPU and {need_ram} MB RAM; the target hosts have "
-            f"{free_cpu} CPU and {free_ram} MB free"))
-    else:
-        findings.append(Finding("info", "capacity",
-                                f"targets have {free_cpu} CPU and {free_ram} MB RAM free for "
-                                f"{need_cpu} CPU and {need_ram} MB needed"))
-    return findings
-
-
-# -- stages ------------------------------------------------------------------------------------
-
-
-@hookimpl(trylast=True)
-def rehost_vm_locate(vm: VM, ctx: Campaign) -> dict[str, Any]:
-    client = ctx.abiquo
-    avm = _abiquo_vm(ctx, vm)
-    if avm.state not in DEPLOYED:
-        raise PreconditionError(f"{vm.label or vm.name} is {avm.state} in Abiquo, not deployed")
-    host = machine_host(ctx, client.vm_machine(avm))
-    if host is None:
-        raise PreconditionError(f"{vm.name}: Abiquo's machine for it is not in the site config")
-    if ctx.host(host).role != "source":
-        raise PreconditionError(f"{vm.name} is on {host}, which is not a source host")
-    hv = ctx.hypervisor(host)
-    if not hv.exists(vm.name):
-        raise PreconditionError(f"Abiquo says {vm.name} is on {host}, but libvirt there has "
-                                "no such domain")
-    vm.source_host = host
-    vm.label = vm.label or avm.label or avm.name or vm.name
-    return {"host": host, "abiquo_state": avm.state, "libvirt_state": hv.state(vm.name),
-            "cpu": avm.cpu, "ram": avm.ram}
-
-
-@hookimpl(trylast=True)
-def rehost_vm_await_undeployed(vm: VM, ctx: Campaign) -> dict[str, Any]:
-    avm = _abiquo_vm(ctx, vm)
-    now = ctx.abiquo.wait_vm(avm, {"NOT_ALLOCATED"}, timeout=ctx.config.campaign.task_timeout)
-    return {"abiquo_state": now.state}
-
-
-@hookimpl(trylast=True)
-def rehost_vm_deploy(vm: VM, ctx: Campaign) -> dict[str, Any]:
-    client = ctx.abiquo
-    avm = _abiquo_vm(ctx, vm)
-    if avm.state == "NOT_ALLOCATED":
-        # the deploy writes template disks at the VM's disk paths: the user's disks must be
-        # safe under their _BACK names first
-        sh = ctx.shell(vm.source_host or "")
-        for disk in vm.file_disks():
-            if sh.exists(disk.source or "") or not sh.exists(backup_path(disk)):
-                raise PreconditionError(
-                    f"{disk.source} is not preserved as {backup_path(disk)} on "
-                    f"{vm.source_host}: will not deploy (it would overwrite the user's disk)")
-        task = client.deploy(avm, timeout=ctx.config.campaign.task_timeout)
-        how = f"task {task.taskId} {task.state}"
-    elif avm.state in DEPLOYED:
-        how = "already deployed"
-    else:
-        raise PreconditionError(f"{vm.name} is {avm.state} in Abiquo: cannot deploy")
-    host = machine_host(ctx, client.vm_machine(avm))
-    if host is None or ctx.host(host).role != "target":
-        raise PreconditionError(
-            f"{vm.name} was deployed on {host or 'a machine not in the site config'}, not on a "
-            "target host: its disks there are templates; the user's disks stay as _BACK on "
-            f"{vm.source_host}")
-    facts = ctx.facts(host)
-    if facts.centos_major != 6:  # unknown is not CentOS 6 either
-        raise PreconditionError(f"{vm.name} landed on {host} ({facts.os_release}), not CentOS 6:"
-                                f" the user's disks stay as _BACK on {vm.source_host}")
-    vm.target_host = host
-    return {"host": host, "os_release": facts.os_release, "how": how,
-            "abiquo_state": client.vm(avm).state}
-
-
-@hookimpl(trylast=True)
-def rehost_vm_power_off_new(vm: VM, ctx: Campaign) -> dict[str, Any]:
-    client = ctx.abiquo
-    avm = _abiquo_vm(ctx, vm)
-    if avm.state == "ON":
-        client.power_off(avm, timeout=ctx.config.campaign.task_timeout)
-    state = ctx.hypervisor(vm.target_host or "").state(vm.name)
-    if state == "running":
-        raise PreconditionError(f"Abiquo powered {vm.name} off but libvirt on {vm.target_host} "
-                                "still shows it running")
-    return {"abiquo_state": client.vm(avm).state, "libvirt_state": state}
-
-
-@hookimpl(trylast=True)
-def rehost_vm_start(vm: VM, ctx: Campaign) -> dict[str, Any]:
-    client = ctx.abiquo
-    avm = _abiquo_vm(ctx, vm)
-    if avm.state != "ON":
-        client.power_on(avm, timeout=ctx.config.campaign.task_timeout)
-    now = client.vm(avm)
-    if now.state != "ON":
-        raise PreconditionError(f"{vm.name} is {now.state} in Abiquo after power on")
-    state = ctx.hypervisor(vm.target_host or "").state(vm.name)
-    if state != "running":
-        raise PreconditionError(f"{vm.name} is ON in Abiquo but {state} in libvirt on "
-                                f"{vm.target_host}")
-    return {"abiquo_state": now.state, "libvirt_state": state, "host": vm.target_host}
+def rehost_plugin_settings() -> list[PluginSettings]:
+    return [SETTINGS]

@@ -1,50 +1,16 @@
-"""The preflight checks that need no control plane: hosts reachable over ssh and libvirt,
-CentOS versions per role and per the compatibility table, datastore space on the targets, and
-whether the datastore is shared."""
+"""The preflight checks that need no control plane: the downtime accepted, hosts reachable
+over ssh and libvirt, datastore space on the targets, and whether the datastore is shared.
+The control plane and the strategies add their own (``preflight`` of each)."""
 
 from __future__ import annotations
 
 import secrets
-from typing import TYPE_CHECKING
 
-from rehost.core.errors import RehostError
-from rehost.core.model import Finding, HostFacts
-from rehost.hooks import hookimpl
-
-if TYPE_CHECKING:
-    from rehost.core.campaign import Campaign
-
-#: Abiquo version -> (CentOS versions a target host may run, the AIM version it needs).
-COMPATIBILITY: dict[str, tuple[tuple[str, ...], str]] = {
-    "2.4": (("6.3",), "1.5.3"),
-    "2.6": (("6.3", "6.4"), "2.1.4"),
-}
-
-
-def check_compatibility(abiquo: str, target: HostFacts, aim: str | None) -> list[Finding]:
-    out: list[Finding] = []
-    allowed, aim_needed = COMPATIBILITY[abiquo]
-    version = target.centos_version or ""
-    minor = ".".join(version.split(".")[:2])
-    if target.centos_major != 6 or minor not in allowed:
-        note = " (6.4 needs Abiquo 2.6: move to 6.3 now, or upgrade first)" \
-            if abiquo == "2.4" and minor == "6.4" else ""
-        out.append(Finding("critical", "compatibility",
-                           f"Abiquo {abiquo} supports CentOS {' or '.join(allowed)}.x on the "
-                           f"new hosts, this one runs {target.os_release}{note}",
-                           host=target.hostname))
-    if aim is None:
-        out.append(Finding("info", "aim-version",
-                           f"Abiquo {abiquo} needs AIM {aim_needed} on the CentOS 6 hosts "
-                           "(set abiquo.aim_version to have it checked)"))
-    elif aim != aim_needed:
-        out.append(Finding("critical", "aim-version",
-                           f"Abiquo {abiquo} needs AIM {aim_needed}, the config says {aim}"))
-    return out
+from rehost.api import Context, Finding, HostFacts, RehostError, hookimpl
 
 
 @hookimpl
-def rehost_preflight(ctx: Campaign) -> list[Finding]:
+def rehost_preflight(ctx: Context) -> list[Finding]:
     findings: list[Finding] = []
     if ctx.vms and not (ctx.config.campaign.downtime_accepted
                         or ctx.journal.get("downtime_accepted")):
@@ -67,31 +33,23 @@ def rehost_preflight(ctx: Campaign) -> list[Finding]:
                                     host=host.name))
     sources = [h for h in ctx.config.sources() if h.name in facts]
     targets = [h for h in ctx.config.targets() if h.name in facts]
-    for h in sources:
-        if facts[h.name].centos_major != 5:
-            findings.append(Finding("warning", "source-os",
-                                    f"source host runs {facts[h.name].os_release}, not CentOS 5",
-                                    host=h.name))
-    if not any(facts[h.name].centos_major == 5 for h in sources):
-        findings.append(Finding("critical", "no-source", "no source host runs CentOS 5"))
-    good_targets = [h for h in targets if facts[h.name].centos_major == 6]
-    if not good_targets:
-        findings.append(Finding("critical", "no-target", "no target host runs CentOS 6"))
+    if not ctx.config.sources():
+        findings.append(Finding("critical", "no-source", "no source host in the site config"))
+    if not ctx.config.targets():
+        findings.append(Finding("critical", "no-target", "no target host in the site config"))
+    good_targets = []
     for h in targets:
-        if facts[h.name].centos_major != 6:
-            findings.append(Finding("critical", "target-os",
-                                    f"target host runs {facts[h.name].os_release}, not CentOS 6",
-                                    host=h.name))
-    if ctx.config.abiquo is not None:
-        for h in good_targets:
-            findings.extend(check_compatibility(ctx.config.abiquo.version, facts[h.name],
-                                                ctx.config.abiquo.aim_version))
+        try:
+            ctx.control.guard_target(ctx, h.name)
+        except RehostError:
+            continue  # the control plane's own preflight says why
+        good_targets.append(h)
     findings.extend(_space(ctx, [h.name for h in good_targets], facts))
     findings.extend(_shared(ctx, [h.name for h in sources], [h.name for h in good_targets]))
     return findings
 
 
-def _space(ctx: Campaign, targets: list[str], facts: dict[str, HostFacts]) -> list[Finding]:
+def _space(ctx: Context, targets: list[str], facts: dict[str, HostFacts]) -> list[Finding]:
     if not targets:
         return []
     needed = 0
@@ -130,7 +88,7 @@ def _space(ctx: Campaign, targets: list[str], facts: dict[str, HostFacts]) -> li
     return out
 
 
-def _shared(ctx: Campaign, sources: list[str], targets: list[str]) -> list[Finding]:
+def _shared(ctx: Context, sources: list[str], targets: list[str]) -> list[Finding]:
     """Write a marker on a source datastore and look for it from the targets."""
     if not sources or not targets:
         return []

@@ -20,13 +20,9 @@ _cache: weakref.WeakKeyDictionary[Campaign, tuple[int, dict[str, Any]]] = \
 
 
 def _secrets(ctx: Campaign) -> list[str]:
-    """Strings that must never appear in a report: the Abiquo password, if one is set."""
-    if ctx.config.abiquo is None:
-        return []
-    try:
-        return [ctx.config.abiquo.password()]
-    except Exception:  # no password readable: nothing to redact, and nothing to leak
-        return []
+    """Strings that must never appear in a report: what the plugins' settings call secret
+    (the Abiquo password)."""
+    return ctx.secrets()
 
 
 def _hosts(ctx: Campaign) -> dict[str, dict[str, Any]]:

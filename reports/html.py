@@ -123,3 +123,8 @@ def rehost_report(ctx: Campaign, outdir: str, formats: list[str]) -> list[str]:
         return []
     text = render_html(campaign_report(ctx), template_dirs(ctx))
     return [write(Path(outdir) / "report.html", text)]
+
+
+@hookimpl
+def rehost_report_formats() -> list[str]:
+    return ["html"]

@@ -36,3 +36,8 @@ def rehost_report(ctx: Campaign, outdir: str, formats: list[str]) -> list[str]:
     if "json" not in formats:
         return []
     return [write(Path(outdir) / "report.json", dumps(campaign_report(ctx)))]
+
+
+@hookimpl
+def rehost_report_formats() -> list[str]:
+    return ["json"]

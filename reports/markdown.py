@@ -28,3 +28,8 @@ def rehost_report(ctx: Campaign, outdir: str, formats: list[str]) -> list[str]:
         return []
     text = render_markdown(campaign_report(ctx), template_dirs(ctx))
     return [write(Path(outdir) / "report.md", text)]
+
+
+@hookimpl
+def rehost_report_formats() -> list[str]:
+    return ["md"]

@@ -11,12 +11,24 @@ from __future__ import annotations
 import datetime as dt
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from rehost.core.model import VM_STAGES
+from rehost.core.types import (
+    VM_STAGES,
+    CleanupResult,
+    DeployResult,
+    PreserveResult,
+    Result,
+    RollbackResult,
+    TransferResult,
+    VerifyResult,
+    load_result,
+)
 
 if TYPE_CHECKING:
     from rehost.core.journal import Journal
+
+R = TypeVar("R", bound=Result)
 
 SCHEMA_VERSION = 1
 REDACTED = "[redacted]"
@@ -73,31 +85,35 @@ def _stage_row(s: dict[str, Any]) -> dict[str, Any]:
             "outcome": s["outcome"], "error": s["error"], "runs": s["runs"]}
 
 
-def _disks(data: dict[str, Any], by: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    def result(stage: str) -> dict[str, Any]:
-        return (by.get(stage) or {}).get("result") or {}
+def _result(by: dict[str, dict[str, Any]], cls: type[R]) -> R | None:
+    """A stage's journaled result, read as its type (None if it has not finished)."""
+    found = load_result(cls.stage, (by.get(cls.stage) or {}).get("result"))
+    return found if isinstance(found, cls) else None
 
-    preserved = result("preserve_disks").get("disks", [])
-    transferred = result("transfer").get("disks", [])
-    verified = {d.get("path"): d for d in result("verify").get("disks", [])}
-    if not preserved:  # not preserved yet: what the domain XML listed
+
+def _disks(data: dict[str, Any], by: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    preserved = _result(by, PreserveResult)
+    transfer = _result(by, TransferResult)
+    verify = _result(by, VerifyResult)
+    transferred = transfer.disks if transfer else []
+    verified = {d.path: d for d in verify.disks} if verify else {}
+    if preserved is None:  # not preserved yet: what the domain XML listed
         return [{"path": d.get("source"), "backup": None, "format": d.get("format"),
                  "size": None, "virtual_size": None, "allocated": None, "bytes_moved": 0,
                  "checksum": None,
                  "algorithm": None, "checksum_verified": False}
                 for d in data.get("disks", []) if d.get("type", "file") == "file"]
     out = []
-    for i, d in enumerate(preserved):
-        moved = next((t for t in transferred if t.get("path") == d.get("backup")),
-                     transferred[i] if i < len(transferred) else {})
-        check = verified.get(d.get("path")) or {}
-        out.append({"path": d.get("path"), "backup": d.get("backup"), "format": d.get("format"),
-                    "size": d.get("size"), "virtual_size": d.get("virtual_size"),
-                    "allocated": d.get("allocated"),
-                    "bytes_moved": int(moved.get("bytes", 0) or 0),
-                    "checksum": d.get("checksum"), "algorithm": d.get("algorithm"),
-                    "checksum_verified": bool(d.get("checksum"))
-                    and check.get("checksum") == d.get("checksum")})
+    for i, d in enumerate(preserved.disks):
+        moved = next((c for c in transferred if c.path == d.backup),
+                     transferred[i] if i < len(transferred) else None)
+        check = verified.get(d.path)
+        out.append({"path": d.path, "backup": d.backup, "format": d.format,
+                    "size": d.size, "virtual_size": d.virtual_size, "allocated": d.allocated,
+                    "bytes_moved": moved.bytes if moved else 0,
+                    "checksum": d.checksum, "algorithm": d.algorithm,
+                    "checksum_verified": bool(d.checksum) and check is not None
+                    and check.checksum == d.checksum})
     return out
 
 
@@ -111,14 +127,18 @@ def _vm(journal: Journal, row: dict[str, Any]) -> dict[str, Any]:
         start = rollback  # back on its source host: the downtime ended there
     down_from = power_off["start"] if power_off else None
     down_to = start["end"] if start and start["outcome"] == "done" else None
-    transfer = (by.get("transfer") or {}).get("result") or {}
-    verify = (by.get("verify") or {}).get("result") or {}
-    cleanup = by.get("cleanup") or {}
+    transfer = _result(by, TransferResult)
+    verify = _result(by, VerifyResult)
+    cleaned = _result(by, CleanupResult)
+    rolled = _result(by, RollbackResult)
+    deploy = _result(by, DeployResult)
     disks = _disks(data, by)
     failed = next((s for s in stages if s["outcome"] == "failed"), None)
-    if cleanup.get("outcome") == "done" or (rollback and rollback["outcome"] == "done"):
-        pending = list(((cleanup or rollback or {}).get("result") or {}).get("pending", []))
-    else:  # not cleaned up: every X_BACK made is still there
+    if rolled is not None:
+        pending = list(rolled.pending)
+    elif cleaned is not None:
+        pending = list(cleaned.pending)
+    else:  # not cleaned up: every backup made is still there
         pending = [d["backup"] for d in disks if d["backup"]]
     return {
         "name": row["name"],
@@ -135,13 +155,15 @@ def _vm(journal: Journal, row: dict[str, Any]) -> dict[str, Any]:
         "downtime_end": _iso(down_to),
         "downtime_seconds": _seconds(down_from, down_to, 1),
         "still_down": down_from is not None and down_to is None,
-        "bytes_moved": int(transfer.get("bytes", 0) or 0),
-        "transfer_seconds": transfer.get("seconds"),
-        "rate_mib_s": transfer.get("rate_mib_s"),
-        "transfer_strategy": transfer.get("strategy"),
-        "shared_datastore": transfer.get("shared"),
-        "verified": bool(verify.get("ok")),
-        "verify_method": verify.get("method"),
+        "bytes_moved": transfer.bytes if transfer else 0,
+        "transfer_seconds": transfer.seconds if transfer else None,
+        "rate_mib_s": transfer.rate_mib_s if transfer else None,
+        "transfer_strategy": transfer.strategy if transfer else None,
+        "shared_datastore": transfer.shared if transfer else None,
+        "verified": bool(verify and verify.ok),
+        "verify_method": verify.method if verify else None,
+        "xml_changes": [c.model_dump(mode="json") for c in deploy.xml_changes]
+        if deploy else [],
         "checksum_verified": bool(disks) and all(d["checksum_verified"] for d in disks),
         "backups_pending": pending,
         "disks": disks,

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from rehost.core.abiquo import AbiquoClient
+from rehost.abiquo.client import AbiquoClient
 from rehost.core.remote import Shell, SshOptions
 from rehost.lab.lab import LabState
 

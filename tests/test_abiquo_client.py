@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 from loguru import logger
 
-from rehost.core.abiquo import AbiquoClient, Machine
-from rehost.core.errors import AbiquoError, ConfigError, RehostError
+from rehost.abiquo.client import AbiquoClient, Machine
+from rehost.abiquo.errors import AbiquoError
+from rehost.core.errors import ConfigError, RehostError
 
 PASSWORD = "s3cr3t-Pa55word-never-shown"
 
@@ -139,7 +140,7 @@ def test_links_are_followed_by_rel_and_power_polls_the_task(fake: Fake) -> None:
     fake.script["/api/cloud/vm/7/state"] = [accepted()]
     fake.script["/api/t/1"] = [(200, {"taskId": "1", "type": "POWER_OFF", "state": s})
                                for s in ("PENDING", "STARTED", "FINISHED_SUCCESSFULLY")]
-    from rehost.core.abiquo import VirtualMachine, parse
+    from rehost.abiquo.client import VirtualMachine, parse
 
     vm = parse(VirtualMachine, VM)
     task = client(fake.url).power_off(vm)
@@ -158,7 +159,7 @@ def test_failed_task_raises_with_the_job_description(fake: Fake) -> None:
                                       "state": "FINISHED_UNSUCCESSFULLY",
                                       "jobs": {"collection": [{"state": "FAILED",
                                                                "description": "disk full"}]}})]
-    from rehost.core.abiquo import VirtualMachine, parse
+    from rehost.abiquo.client import VirtualMachine, parse
 
     with pytest.raises(AbiquoError) as info:
         client(fake.url).deploy(parse(VirtualMachine, VM))
@@ -207,7 +208,7 @@ def test_5xx_gives_up_after_the_attempts_allowed(fake: Fake) -> None:
 
 
 def test_post_is_retried_only_when_it_cannot_have_been_processed(fake: Fake) -> None:
-    from rehost.core.abiquo import VirtualMachine, parse
+    from rehost.abiquo.client import VirtualMachine, parse
 
     vm = parse(VirtualMachine, VM)
     fake.script["/api/cloud/vm/7/action/deploy"] = [(500, err("GEN-7", "half done"))]
@@ -300,7 +301,7 @@ def test_password_only_ever_in_the_authorization_header(fake: Fake) -> None:
 
 
 def test_machine_dataclass_keeps_abiquo_field_names() -> None:
-    from rehost.core.abiquo import parse
+    from rehost.abiquo.client import parse
 
     m = parse(Machine, {"id": 3, "name": "c6", "state": "MANAGED", "cpuUsed": 2, "ramUsed": 64,
                         "cpu": 8, "ram": 16384, "ip": "10.0.0.3", "type": "KVM",

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from urllib3.exceptions import InsecureRequestWarning
 
-from rehost.core.abiquo import AbiquoClient
-from rehost.core.errors import AbiquoError
+from rehost.abiquo.client import AbiquoClient
+from rehost.abiquo.errors import AbiquoError
 
 DATACENTERS = {"links": [], "totalSize": 1,
                "collection": [{"id": 1, "name": "lab", "links": []}]}

@@ -17,8 +17,8 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from rehost.core.abiquo import AbiquoClient, Machine, VirtualMachine
-from rehost.core.errors import AbiquoError
+from rehost.abiquo.client import AbiquoClient, Machine, VirtualMachine
+from rehost.abiquo.errors import AbiquoError
 from rehost.lab.lab import LabState, sha1_file
 
 pytestmark = pytest.mark.lab

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
+from rehost.abiquo.compat import check_compatibility
 from rehost.core.model import HostFacts
-from rehost.plugins.preflight import check_compatibility
 from tests import test_abiquo_client as scripted
 from tests.campaign_helpers import abiquo, rehost, rules_snapshot, two_host_lab
 

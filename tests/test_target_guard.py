@@ -4,10 +4,10 @@ CentOS 6, as the host itself says. Unknown is not CentOS 6."""
 from __future__ import annotations
 
 import pytest
+from rehost.plugins.storage.base import _target
 
 from rehost.core.errors import PreconditionError
 from rehost.core.model import VM, Host, HostFacts
-from rehost.plugins.storage.base import _target
 
 
 class Ctx:

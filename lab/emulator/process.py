@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rehost.core.errors import AbiquoError, LabError
+from rehost.abiquo.errors import AbiquoError
+from rehost.core.errors import LabError
 
 USER = "admin"
 VERSION = "2.6"
@@ -33,7 +34,7 @@ def write_password_file(path: Path) -> str:
 def start_emulator(state: dict[str, Any], timeout: float = 60.0) -> dict[str, Any]:
     """Spawn ``python -m rehost.lab.emulator --lab-dir ROOT`` (log: ROOT/emulator.log), wait
     until it answers an authenticated request, and return what the lab records about it."""
-    from rehost.core.abiquo import AbiquoClient
+    from rehost.abiquo.client import AbiquoClient
 
     root = Path(state["root"])
     password_file = root / "abiquo-password"

@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-from rehost.hooks import hookimpl
-
-if TYPE_CHECKING:
-    from rehost.core.campaign import Campaign
+from rehost.api import Context, FenceResult, UnfenceResult, hookimpl
 
 
 @hookimpl(trylast=True)
-def rehost_fence(ctx: Campaign) -> dict[str, Any]:
-    result: dict[str, Any] = ctx.allocation.fence(ctx)
-    result.setdefault("strategy", ctx.config.allocation.strategy)
+def rehost_fence(ctx: Context) -> FenceResult:
+    result: FenceResult = ctx.allocation.fence(ctx)
+    result.strategy = result.strategy or ctx.config.allocation.strategy
     return result
 
 
 @hookimpl(trylast=True)
-def rehost_unfence(ctx: Campaign, fenced: dict[str, Any]) -> dict[str, Any]:
-    result: dict[str, Any] = ctx.allocation.unfence(ctx, fenced)
-    result.setdefault("strategy", ctx.config.allocation.strategy)
+def rehost_unfence(ctx: Context, fenced: FenceResult) -> UnfenceResult:
+    result: UnfenceResult = ctx.allocation.unfence(ctx, fenced)
+    result.strategy = result.strategy or ctx.config.allocation.strategy
     return result

@@ -6,18 +6,21 @@ downtime window. Unfence puts each machine back in the state it had.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from rehost.core.errors import ConfigError
-from rehost.core.model import StrategyRecord
-from rehost.hooks import hookimpl
-from rehost.plugins.allocation.common import source_machines
+from rehost.abiquo.site import client, source_machines
+from rehost.api import (
+    AllocationStrategy,
+    ConfigError,
+    Context,
+    FenceResult,
+    StrategyRecord,
+    UnfenceResult,
+    hookimpl,
+)
 
-if TYPE_CHECKING:
-    from rehost.core.campaign import Campaign
 
-
-class HaltFence:
+class HaltFence(AllocationStrategy):
     name = "halt"
 
     def __init__(self, options: dict[str, Any] | None = None) -> None:
@@ -25,25 +28,27 @@ class HaltFence:
             raise ConfigError(f"unknown key allocation.options.{sorted(options)[0]} for "
                               "strategy 'halt' (it takes no options)")
 
-    def fence(self, ctx: Campaign) -> dict[str, Any]:
+    def fence(self, ctx: Context) -> FenceResult:
+        c = client(ctx)
         halted = []
         for m in source_machines(ctx):
             if m.state == "HALTED":
                 continue
-            ctx.abiquo.set_machine_state(m, "HALTED")
-            halted.append({"url": ctx.abiquo.absolute(m.url), "machine": m.name,
+            c.set_machine_state(m, "HALTED")
+            halted.append({"url": c.absolute(m.url), "machine": m.name,
                            "state": m.state})
-        return {"halted": halted}
+        return FenceResult(**{"halted": halted})
 
-    def unfence(self, ctx: Campaign, fenced: dict[str, Any]) -> dict[str, Any]:
-        machines = {ctx.abiquo.absolute(m.url): m for m in ctx.abiquo.machines()}
+    def unfence(self, ctx: Context, fenced: FenceResult) -> UnfenceResult:
+        c = client(ctx)
+        machines = {c.absolute(m.url): m for m in c.machines()}
         restored, not_restored = [], []
-        for rec in fenced.get("halted", []):
+        for rec in fenced.record("halted", []):
             m = machines.get(rec["url"])
             if m is None or m.state == rec["state"]:
                 continue
             # leaving HALTED, Abiquo checks the hypervisor first: it may land elsewhere
-            now = ctx.abiquo.set_machine_state(m, rec["state"]).state
+            now = c.set_machine_state(m, rec["state"]).state
             if now == rec["state"]:
                 restored.append(rec)
             else:
@@ -51,7 +56,7 @@ class HaltFence:
                                 "check of the hypervisor); see to it by hand", rec["machine"],
                                 rec["state"], now)
                 not_restored.append({**rec, "now": now})
-        return {"restored": restored, "not_restored": not_restored}
+        return UnfenceResult(**{"restored": restored, "not_restored": not_restored})
 
 
 @hookimpl(trylast=True)

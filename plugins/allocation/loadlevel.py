@@ -6,18 +6,21 @@ on the source hosts meanwhile (Abiquo support's "maintenance mode"). The safest 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from rehost.core.errors import ConfigError
-from rehost.core.model import StrategyRecord
-from rehost.hooks import hookimpl
-from rehost.plugins.allocation.common import rule_record, source_machines
+from rehost.abiquo.site import client, rule_record, source_machines
+from rehost.api import (
+    AllocationStrategy,
+    ConfigError,
+    Context,
+    FenceResult,
+    StrategyRecord,
+    UnfenceResult,
+    hookimpl,
+)
 
-if TYPE_CHECKING:
-    from rehost.core.campaign import Campaign
 
-
-class LoadLevelFence:
+class LoadLevelFence(AllocationStrategy):
     name = "loadlevel"
 
     def __init__(self, options: dict[str, Any] | None = None) -> None:
@@ -28,22 +31,24 @@ class LoadLevelFence:
             raise ConfigError(f"unknown key allocation.options.{sorted(options)[0]} for "
                               "strategy 'loadlevel' (known: cpu, ram)")
 
-    def fence(self, ctx: Campaign) -> dict[str, Any]:
+    def fence(self, ctx: Context) -> FenceResult:
+        c = client(ctx)
         created = []
         for m in source_machines(ctx):
-            rule = ctx.abiquo.create_load_level_rule(m, cpu=self.cpu, ram=self.ram)
+            rule = c.create_load_level_rule(m, cpu=self.cpu, ram=self.ram)
             created.append(rule_record(ctx, rule) | {"machine": m.name})
-        return {"created": created}
+        return FenceResult(**{"created": created})
 
-    def unfence(self, ctx: Campaign, fenced: dict[str, Any]) -> dict[str, Any]:
-        existing = {ctx.abiquo.absolute(r.url): r for r in ctx.abiquo.load_level_rules()}
+    def unfence(self, ctx: Context, fenced: FenceResult) -> UnfenceResult:
+        c = client(ctx)
+        existing = {c.absolute(r.url): r for r in c.load_level_rules()}
         deleted = []
-        for rec in fenced.get("created", []):
+        for rec in fenced.record("created", []):
             rule = existing.get(rec["url"])
             if rule is not None:
-                ctx.abiquo.delete_load_level_rule(rule)
+                c.delete_load_level_rule(rule)
                 deleted.append(rec)
-        return {"deleted": deleted}
+        return UnfenceResult(**{"deleted": deleted})
 
 
 @hookimpl(trylast=True)

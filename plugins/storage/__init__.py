@@ -7,52 +7,57 @@ implementation wins over these ``trylast`` defaults).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-from rehost.hooks import hookimpl
-
-if TYPE_CHECKING:
-    from rehost.core.campaign import Campaign
-    from rehost.core.model import VM, Finding
+from rehost.api import (
+    VM,
+    CleanupResult,
+    Context,
+    Finding,
+    PreserveResult,
+    RemoveNewDisksResult,
+    SwapResult,
+    TransferResult,
+    VerifyResult,
+    hookimpl,
+)
 
 
 @hookimpl(trylast=True)
-def rehost_vm_preserve_disks(vm: VM, ctx: Campaign) -> dict[str, Any]:
-    result: dict[str, Any] = ctx.storage.preserve_disks(vm, ctx)
+def rehost_vm_preserve_disks(vm: VM, ctx: Context) -> PreserveResult:
+    result: PreserveResult = ctx.storage.preserve_disks(vm, ctx)
     return result
 
 
 @hookimpl(trylast=True)
-def rehost_vm_transfer(vm: VM, ctx: Campaign) -> dict[str, Any]:
-    result: dict[str, Any] = ctx.storage.transfer(vm, ctx)
+def rehost_vm_transfer(vm: VM, ctx: Context) -> TransferResult:
+    result: TransferResult = ctx.storage.transfer(vm, ctx)
     return result
 
 
 @hookimpl(trylast=True)
-def rehost_vm_remove_new_disks(vm: VM, ctx: Campaign) -> dict[str, Any]:
-    result: dict[str, Any] = ctx.storage.remove_new_disks(vm, ctx)
+def rehost_vm_remove_new_disks(vm: VM, ctx: Context) -> RemoveNewDisksResult:
+    result: RemoveNewDisksResult = ctx.storage.remove_new_disks(vm, ctx)
     return result
 
 
 @hookimpl(trylast=True)
-def rehost_vm_swap_disks(vm: VM, ctx: Campaign) -> dict[str, Any]:
-    result: dict[str, Any] = ctx.storage.swap_disks(vm, ctx)
+def rehost_vm_swap_disks(vm: VM, ctx: Context) -> SwapResult:
+    result: SwapResult = ctx.storage.swap_disks(vm, ctx)
     return result
 
 
 @hookimpl(trylast=True)
-def rehost_vm_verify(vm: VM, ctx: Campaign) -> dict[str, Any]:
-    result: dict[str, Any] = ctx.storage.verify(vm, ctx)
+def rehost_vm_verify(vm: VM, ctx: Context) -> VerifyResult:
+    result: VerifyResult = ctx.storage.verify(vm, ctx)
     return result
 
 
 @hookimpl(trylast=True)
-def rehost_vm_cleanup(vm: VM, ctx: Campaign) -> dict[str, Any]:
-    result: dict[str, Any] = ctx.storage.cleanup(vm, ctx)
+def rehost_vm_cleanup(vm: VM, ctx: Context, delete: bool) -> CleanupResult:
+    result: CleanupResult = ctx.storage.cleanup(vm, ctx, delete)
     return result
 
 
 @hookimpl
-def rehost_preflight(ctx: Campaign) -> list[Finding]:
+def rehost_preflight(ctx: Context) -> list[Finding]:
     findings: list[Finding] = ctx.storage.preflight(ctx)
     return findings

@@ -12,35 +12,33 @@ shell would interpret, instead of guessing. Abiquo's datastore paths never have 
 
 from __future__ import annotations
 
-import re
-from typing import TYPE_CHECKING, Any
-
-from rehost.core.errors import PreconditionError
-from rehost.core.model import VM, Host, StrategyRecord
-from rehost.hooks import hookimpl
-from rehost.plugins.storage.base import DatastoreStrategy, backup_path
-
-if TYPE_CHECKING:
-    from rehost.core.campaign import Campaign
-    from rehost.core.remote import Shell
-
-SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/+@%=:,-]*$")
+from rehost.api import (
+    VM,
+    Context,
+    DatastoreStrategy,
+    Host,
+    PreconditionError,
+    Shell,
+    StrategyRecord,
+    TransferResult,
+    backup_path,
+    hookimpl,
+    shell_safe,
+)
 
 
 class ScpCopy(DatastoreStrategy):
     name = "scp"
     fills_holes = True
 
-    def __init__(self, options: dict[str, Any] | None = None) -> None:
-        options = dict(options or {})
-        self.timeout = float(options.pop("timeout", 6 * 3600))
-        self.cipher = options.pop("cipher", None)
-        super().__init__(options)
+    def take_options(self) -> None:
+        self.timeout = float(self.options.pop("timeout", 6 * 3600))
+        self.cipher = self.options.pop("cipher", None)
 
-    def transfer(self, vm: VM, ctx: Campaign) -> dict[str, Any]:
+    def transfer(self, vm: VM, ctx: Context) -> TransferResult:
         for disk in vm.file_disks():
             back = backup_path(disk)
-            if not SAFE_PATH.match(back) or "/-" in back:
+            if not shell_safe(back):
                 raise PreconditionError(f"scp cannot carry {back!r} safely (characters a shell "
                                         "would interpret); nothing was copied")
         return self.copy_disks(vm, ctx, self.copy_one)

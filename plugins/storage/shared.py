@@ -8,33 +8,36 @@ shared cannot lose a disk.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
 
-from rehost.core.model import VM, Disk, StrategyRecord
-from rehost.hooks import hookimpl
-from rehost.plugins.storage.base import DatastoreStrategy, _target
-
-if TYPE_CHECKING:
-    from rehost.core.campaign import Campaign
+from rehost.api import (
+    VM,
+    Context,
+    DatastoreStrategy,
+    Disk,
+    StrategyRecord,
+    TransferResult,
+    hookimpl,
+    target_host,
+)
 
 
 class SharedDatastore(DatastoreStrategy):
     name = "shared"
     fills_holes = False
 
-    def space_needed(self, ctx: Campaign, vm: VM, disk: Disk) -> int:
+    def space_needed(self, ctx: Context, vm: VM, disk: Disk) -> int:
         return 0  # the disk is already on the datastore the target uses
 
-    def transfer(self, vm: VM, ctx: Campaign) -> dict[str, Any]:
+    def transfer(self, vm: VM, ctx: Context) -> TransferResult:
         started = time.monotonic()
-        tgt = _target(vm, ctx)
+        tgt = target_host(vm, ctx)
         seen = []
         for disk in vm.file_disks():
             arrived = self.check_arrived(vm, ctx, tgt, disk)
-            arrived["bytes"] = 0
+            arrived.bytes = 0
             seen.append(arrived)
-        result = self.copy_result(vm, seen, started)
-        result["shared"] = True
+        result = self.copy_result(seen, started)
+        result.shared = True
         return result
 
 

@@ -12,16 +12,20 @@ command the target's shell runs is quoted word by word.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
 
-from rehost.core.errors import PreconditionError
-from rehost.core.model import VM, Host, StrategyRecord
-from rehost.core.remote import Shell, quote_argv
-from rehost.hooks import hookimpl
-from rehost.plugins.storage.base import DatastoreStrategy, backup_path
-
-if TYPE_CHECKING:
-    from rehost.core.campaign import Campaign
+from rehost.api import (
+    VM,
+    Context,
+    DatastoreStrategy,
+    Host,
+    PreconditionError,
+    Shell,
+    StrategyRecord,
+    TransferResult,
+    backup_path,
+    hookimpl,
+    quote_argv,
+)
 
 # $1 folder, $2 file name, $3 user@host, $4 the target's command (already quoted for its shell)
 PIPE = 'tar -C "$1" --sparse -cf - "$2" | ssh -o BatchMode=yes -- "$3" "$4"'
@@ -31,12 +35,10 @@ class TarSparseCopy(DatastoreStrategy):
     name = "tar"
     fills_holes = False
 
-    def __init__(self, options: dict[str, Any] | None = None) -> None:
-        options = dict(options or {})
-        self.timeout = float(options.pop("timeout", 6 * 3600))
-        super().__init__(options)
+    def take_options(self) -> None:
+        self.timeout = float(self.options.pop("timeout", 6 * 3600))
 
-    def transfer(self, vm: VM, ctx: Campaign) -> dict[str, Any]:
+    def transfer(self, vm: VM, ctx: Context) -> TransferResult:
         for disk in vm.file_disks():
             if os.path.basename(backup_path(disk)).startswith("-"):
                 raise PreconditionError(f"tar will not carry {backup_path(disk)!r} (a leading "

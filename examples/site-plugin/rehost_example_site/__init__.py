@@ -7,31 +7,37 @@ chooses it in its site config::
     [storage]
     strategy = "site-rsync"
 
-Everything else (preserving, swapping, verifying) comes from rehost's datastore strategy base.
+Everything else (preserving, swapping, verifying, rolling back) comes from rehost's public
+datastore base, :class:`rehost.api.DatastoreStrategy`. It imports nothing but ``rehost.api``.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from rehost.core.errors import PreconditionError
-from rehost.core.model import Host, StrategyRecord
-from rehost.core.remote import Shell
-from rehost.hooks import hookimpl
-from rehost.plugins.storage.base import DatastoreStrategy, backup_path
-from rehost.plugins.storage.scp import SAFE_PATH
+from rehost.api import (
+    VM,
+    Context,
+    DatastoreStrategy,
+    Host,
+    PreconditionError,
+    Shell,
+    StrategyRecord,
+    TransferResult,
+    backup_path,
+    hookimpl,
+    shell_safe,
+)
 
 
 class SiteRsync(DatastoreStrategy):
     name = "site-rsync"
     fills_holes = False
 
-    def transfer(self, vm: Any, ctx: Any) -> dict[str, Any]:
+    def transfer(self, vm: VM, ctx: Context) -> TransferResult:
         for disk in vm.file_disks():
-            if not SAFE_PATH.match(backup_path(disk)):
+            if not shell_safe(backup_path(disk)):
                 raise PreconditionError(f"site-rsync will not carry {backup_path(disk)!r}")
         result = self.copy_disks(vm, ctx, self.copy_one)
-        result["site_plugin"] = "rehost-example-site"
+        result.site_plugin = "rehost-example-site"  # type: ignore[attr-defined]
         return result
 
     def copy_one(self, source: Shell, path: str, target: Host) -> None:

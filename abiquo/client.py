@@ -2,7 +2,7 @@
 
 HTTP Basic authentication, versioned ``application/vnd.abiquo.*+json`` media types, links
 followed by ``rel``, collections paged through their ``next`` links, 202 + task polling with a
-time limit, Abiquo's error bodies turned into :class:`~rehost.core.errors.AbiquoError`.
+time limit, Abiquo's error bodies turned into :class:`~rehost.abiquo.errors.AbiquoError`.
 
 Retries (tenacity, exponential backoff): connection errors and 5xx answers are retried, 4xx never.
 A POST (deploy, undeploy, rule creation) is not idempotent, so it is retried only when the
@@ -25,7 +25,8 @@ import requests
 from loguru import logger
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from rehost.core.abiquo_types import (
+from rehost.abiquo.errors import AbiquoError
+from rehost.abiquo.types import (
     DEPLOYED,
     Datacenter,
     Entity,
@@ -39,7 +40,7 @@ from rehost.core.abiquo_types import (
     parse,
     parse_links,
 )
-from rehost.core.errors import AbiquoError, ConfigError
+from rehost.core.errors import ConfigError
 
 __all__ = ["DEPLOYED", "AbiquoClient", "Datacenter", "Entity", "FitPolicyRule", "Link",
            "LoadLevelRule", "Machine", "Rack", "Task", "VirtualMachine", "parse"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
-from rehost.core.errors import AbiquoError
+from rehost.abiquo.errors import AbiquoError
 
 DEPLOYED = frozenset({"ON", "OFF", "PAUSED"})
 

@@ -1,0 +1,81 @@
+"""The Abiquo side of a campaign, shared by the ``abiquo`` control plane and the Abiquo
+allocation strategies: one client per campaign, and Abiquo's machines matched with the site
+config's hosts (by the machine's ``ip`` = the host's ``address``, or its name)."""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from typing import TYPE_CHECKING, Any
+
+from rehost.abiquo.client import AbiquoClient
+from rehost.core.errors import ConfigError, PreconditionError
+
+if TYPE_CHECKING:
+    from rehost.abiquo.settings import AbiquoSettings
+    from rehost.abiquo.types import LoadLevelRule, Machine
+    from rehost.core.types import Context
+
+_clients: weakref.WeakKeyDictionary[Any, AbiquoClient] = weakref.WeakKeyDictionary()
+_lock = threading.Lock()
+
+
+def settings(ctx: Context) -> AbiquoSettings:
+    found: AbiquoSettings | None = ctx.settings("abiquo")
+    if found is None:
+        raise ConfigError("this campaign needs the Abiquo API: add an [abiquo] section (url, "
+                          "user, password_file or password_env) to the site config")
+    return found
+
+
+def client(ctx: Context) -> AbiquoClient:
+    """The campaign's Abiquo client (made once, from the ``[abiquo]`` settings)."""
+    with _lock:
+        found = _clients.get(ctx)
+        if found is None:
+            a = settings(ctx)
+            found = AbiquoClient(
+                a.url, a.user, a.password(), version=a.version,
+                verify_tls=(a.ca_file or True) if a.verify_tls else False,
+                timeout=a.timeout, task_timeout=ctx.config.campaign.task_timeout)
+            _clients[ctx] = found
+        return found
+
+
+def machine_host(ctx: Context, machine: Machine | None) -> str | None:
+    """The site config's host for an Abiquo machine."""
+    if machine is None:
+        return None
+    for key in (machine.ip, machine.name):
+        if key:
+            host = ctx.host_by_address(key)
+            if host is not None:
+                return host.name
+    return None
+
+
+def source_machines(ctx: Context) -> list[Machine]:
+    """The Abiquo machines of the site config's source hosts."""
+    sources = {h.name for h in ctx.config.sources()}
+    found = [m for m in client(ctx).machines() if machine_host(ctx, m) in sources]
+    if not found:
+        raise PreconditionError("no Abiquo machine matches a source host of the site config")
+    return found
+
+
+def rule_record(ctx: Context, rule: LoadLevelRule) -> dict[str, Any]:
+    """A load-level rule as plain data: enough to create it again."""
+    c = client(ctx)
+    target = rule.target
+    return {"url": c.absolute(rule.url), "cpu": rule.cpuLoadPercentage,
+            "ram": rule.ramLoadPercentage, "rel": target.rel if target else None,
+            "target": c.absolute(target.href) if target else None}
+
+
+def rules_on(ctx: Context, machines: list[Machine]) -> list[LoadLevelRule]:
+    """The load-level rules that apply to these machines."""
+    c = client(ctx)
+    urls = {c.absolute(m.url) for m in machines}
+    return [r for r in c.load_level_rules()
+            if r.target is not None and r.target.rel == "machine"
+            and c.absolute(r.target.href) in urls]
