@@ -436,12 +436,16 @@ def validate_plugin_settings(config: SiteConfig, specs: list[PluginSettings],
 
     settings: dict[str, BaseModel] = {}
     for spec in specs:
-        table = (config.sections.get(spec.section, {}) if spec.section
-                 else config.plugins.settings.get(spec.plugin, {}))
+        table = (config.sections.get(spec.section) if spec.section
+                 else config.plugins.settings.get(spec.plugin))
         try:
             settings[spec.plugin] = spec.model.model_validate(
-                table, context={"base_dir": config.base_dir})
+                table or {}, context={"base_dir": config.base_dir})
         except ValidationError as exc:
+            if table is None:
+                # no table, and the plugin has no defaults for what it needs: it has no
+                # settings (ctx.settings() is None), and says so itself if they are needed
+                continue
             # from None: the pydantic error repeats the input, which may hold a secret
             where = (spec.section,) if spec.section else ("plugins", spec.plugin)
             raise _config_error(exc, spec.model, where, spec.plugin) from None

@@ -281,8 +281,8 @@ class Hooks:
 
     def report_formats(self) -> list[str]:
         out: list[str] = []
-        for formats in self._hook.rehost_report_formats():
-            out.extend(f for f in formats or [] if f not in out)
+        for _, formats in self._per_plugin(self._hook.rehost_report_formats):
+            out.extend(f for f in formats if f not in out)
         return out
 
     def discover_hosts(self, ctx: Context) -> list[Host]:

@@ -437,6 +437,8 @@ def rehost_vm_cleanup(vm: VM, ctx: Context, delete: bool) -> CleanupResult | Non
     """Delete ``X_BACK`` on the source datastore, only after verify and only when asked.
     Stops at first non-None result.
 
+    :param vm: the VM, verified.
+    :param ctx: the campaign.
     :param delete: true when the backups are to be deleted (``--delete-backups``, ``rehost
       confirm``); otherwise the result lists them as ``pending``.
     """

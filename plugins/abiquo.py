@@ -153,7 +153,7 @@ class AbiquoControl(ControlPlane):
 
     def preflight(self, ctx: Context) -> list[Finding]:
         findings = self._hosts(ctx)
-        findings += self._vms_and_capacity(ctx)
+        findings += self.check_vms(ctx)
         return findings
 
     def _hosts(self, ctx: Context) -> list[Finding]:
@@ -187,7 +187,7 @@ class AbiquoControl(ControlPlane):
             findings.extend(check_compatibility(a.version, facts[h.name], a.aim_version))
         return findings
 
-    def _vms_and_capacity(self, ctx: Context) -> list[Finding]:
+    def check_vms(self, ctx: Context) -> list[Finding]:
         c = client(ctx)
         findings: list[Finding] = []
         by_host = {machine_host(ctx, m): m for m in c.machines()}

@@ -5,16 +5,21 @@ the hypervisor login it was read with (a PUT without it would wipe it)."""
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 from typing import Any
 
 from loguru import logger
 
+from rehost.abiquo import site
+from rehost.api import FenceResult
 from rehost.plugins.allocation.halt import HaltFence
 from tests import test_abiquo_client as scripted
 from tests.test_abiquo_client import client
 
 fake = scripted.fake  # the scripted HTTP server fixture
+
+
+class Ctx:
+    log = logger
 
 
 def machine(n: int, name: str, state: str, **extra: Any) -> dict[str, Any]:
@@ -42,12 +47,14 @@ def test_unfence_restores_and_reports_a_machine_left_elsewhere(fake: Any) -> Non
     warnings: list[str] = []
     sink = logger.add(lambda m: warnings.append(str(m)), level="WARNING")
     try:
-        result = HaltFence().unfence(SimpleNamespace(abiquo=c, log=logger), fenced)  # type: ignore[arg-type]
+        ctx = Ctx()
+        site._clients[ctx] = c  # the campaign's Abiquo client, as site.client(ctx) makes it
+        result = HaltFence().unfence(ctx, FenceResult(**fenced))  # type: ignore[arg-type]
     finally:
         logger.remove(sink)
 
-    assert result["restored"] == [fenced["halted"][0]]
-    assert result["not_restored"] == [{**fenced["halted"][1], "now": "STOPPED"}]
+    assert result.restored == [fenced["halted"][0]]
+    assert result.not_restored == [{**fenced["halted"][1], "now": "STOPPED"}]
     assert any("c5-b: asked Abiquo to put it back to MANAGED, it is STOPPED" in w
                for w in warnings)
     reads = [s.path for s in fake.seen if s.method == "GET" and s.path.startswith("/api/m/")]

@@ -229,6 +229,20 @@ def test_abiquo_needs_a_way_to_the_password() -> None:
                                             "(plugin 'abiquo')")
 
 
+def test_no_abiquo_section_means_no_abiquo_settings() -> None:
+    """A site without [abiquo] is valid (another control plane may run it); the Abiquo
+    control plane, when chosen, says what is missing."""
+    from types import SimpleNamespace
+
+    from rehost.abiquo import site
+
+    cfg = parse_config(HOSTS, "/etc/rehost/site.toml")
+    assert validate_plugin_settings(cfg, [SETTINGS], ["abiquo"]) == {}
+    ctx = SimpleNamespace(settings=lambda name: None)
+    with pytest.raises(ConfigError, match=r"needs the Abiquo API: add an \[abiquo\] section"):
+        site.settings(ctx)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize(("text", "expected"), [
     (ABIQUO.replace("https://abiquo.example.com/api/", "abiquo.example.com")
      + "password_env = 'P'\n" + HOSTS, "abiquo.url must start with https://"),
@@ -240,7 +254,6 @@ def test_abiquo_needs_a_way_to_the_password() -> None:
     (ABIQUO + "password_env = 'P'\ntimeout = 0\n" + HOSTS, "abiquo.timeout: "),
     ("[abiquo]\nurl = 'https://a/api'\npassword_env = 'P'\n" + HOSTS,
      "missing key abiquo.user (plugin 'abiquo')"),
-    (HOSTS, "missing key abiquo.url (plugin 'abiquo')"),
 ])
 def test_abiquo_values_are_checked(text: str, expected: str) -> None:
     message = abiquo_error(text)

@@ -22,7 +22,7 @@ SPECS: dict[str, Callable[..., Any]] = {
 }
 
 #: stages run by the core itself rather than by a ``rehost_vm_<stage>`` hook
-CORE_STAGES = {"notify"}
+CORE_STAGES: set[str] = set()  # every stage is a hook now (notify too)
 
 
 def facade_calls() -> dict[str, list[ast.Call]]:
@@ -95,17 +95,21 @@ def test_no_hook_is_called_outside_the_facade() -> None:
 def test_the_stage_dispatcher_passes_keywords() -> None:
     tree = ast.parse(textwrap.dedent(inspect.getsource(Hooks.vm_stage)))
     calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call)
-             and isinstance(n.func, ast.Name) and n.func.id == "caller"]
+             and isinstance(n.func, ast.Attribute) and n.func.attr == "_perform"]
     assert calls, "vm_stage does not call the stage hook"
     for call in calls:
-        assert not call.args and {k.arg for k in call.keywords} == {"vm", "ctx"}
+        # the hook caller, then keywords only (cleanup's ``delete`` comes through **extra)
+        assert len(call.args) == 1
+        assert {k.arg for k in call.keywords} == {"vm", "ctx", None}
 
 
 @pytest.mark.parametrize("stage", [s for s in VM_STAGES if s not in CORE_STAGES])
 def test_every_vm_stage_has_a_hook(stage: str) -> None:
     name = f"{PROJECT}_vm_{stage}"
     assert name in SPECS, f"stage {stage} has no hook spec {name}"
-    assert list(inspect.signature(SPECS[name]).parameters) == ["vm", "ctx"]
+    # cleanup is also told whether to delete the backups (run --delete-backups, confirm)
+    extra = ["delete"] if stage == "cleanup" else []
+    assert list(inspect.signature(SPECS[name]).parameters) == ["vm", "ctx", *extra]
     assert getattr(SPECS[name], f"{PROJECT}_spec")["firstresult"], \
         f"{name} performs one thing: it must be firstresult"
 

@@ -18,6 +18,8 @@ from rehost.core.journal import Journal
 from rehost.core.model import VM, VM_STAGES, Finding, StrategyRecord
 from rehost.core.pipeline import PreflightFailed, run_campaign
 from rehost.core.plugins import PluginManager, build_plugin_manager
+from rehost.core.strategies import KINDS
+from rehost.core.types import FenceResult
 from rehost.hooks import hookimpl
 
 SITE = """
@@ -34,6 +36,9 @@ role = "source"
 address = "198.18.250.11"
 role = "target"
 
+[control]
+strategy = "test-control"
+
 [storage]
 strategy = "test-storage"
 
@@ -41,8 +46,27 @@ strategy = "test-storage"
 strategy = "test-fence"
 
 [report]
-formats = ["md"]
+formats = []
 """
+
+
+#: A valid result of each stage, as the typed contract wants it (rehost.core.types).
+RESULTS: dict[str, dict[str, Any]] = {
+    "locate": {"host": "old"}, "backup_xml": {"xml": "domain.xml", "disks": 0},
+    "power_off": {"how": "graceful"}, "undefine": {"undefined": True},
+    "await_undeployed": {}, "preserve_disks": {"disks": []}, "deploy": {"host": "new"},
+    "power_off_new": {}, "transfer": {"disks": []}, "remove_new_disks": {},
+    "swap_disks": {"disks": []}, "start": {"host": "new"},
+    "verify": {"ok": True, "host": "new", "method": "test", "disks": []},
+    "cleanup": {"host": "old"},
+}
+
+
+def unused(kind: str) -> type:
+    """A strategy of ``kind`` that is never asked anything (the test performs the stages)."""
+    base = KINDS[kind]
+    return type(f"Unused{kind.title()}", (base,),
+                {m: lambda self, *a, **k: None for m in base.__abstractmethods__})
 
 
 class Crash(BaseException):
@@ -72,16 +96,23 @@ class Performer:
             raise error
         if stage in self.silent:
             return None
-        return {"stage": stage, "vm": vm.name}
+        return {**RESULTS[stage], "stage_done": stage, "vm": vm.name}
 
     # registries: Campaign checks the configured strategy names against them
     @hookimpl
+    def rehost_control_planes(self) -> list[StrategyRecord]:
+        return [StrategyRecord("control", "test-control", "performed by the test",
+                               unused("control"))]
+
+    @hookimpl
     def rehost_storage_strategies(self) -> list[StrategyRecord]:
-        return [StrategyRecord("storage", "test-storage", "performed by the test", dict)]
+        return [StrategyRecord("storage", "test-storage", "performed by the test",
+                               unused("storage"))]
 
     @hookimpl
     def rehost_allocation_strategies(self) -> list[StrategyRecord]:
-        return [StrategyRecord("allocation", "test-fence", "performed by the test", dict)]
+        return [StrategyRecord("allocation", "test-fence", "performed by the test",
+                               unused("allocation"))]
 
     # the campaign
     @hookimpl
@@ -98,15 +129,15 @@ class Performer:
         return {"fenced": ["old"], "run": self.fence_calls}
 
     @hookimpl
-    def rehost_unfence(self, ctx: Campaign, fenced: dict[str, Any]) -> dict[str, Any]:
-        self.unfenced.append(fenced)
-        return {"restored": fenced["fenced"]}
+    def rehost_unfence(self, ctx: Campaign, fenced: FenceResult) -> dict[str, Any]:
+        self.unfenced.append({k: fenced.record(k) for k in ("fenced", "run")})
+        return {"restored": fenced.record("fenced")}
 
     @hookimpl
     def rehost_campaign_finish(self, ctx: Campaign, outcome: dict[str, str]) -> None:
         self.outcome = dict(outcome)
 
-    # every stage of a VM but notify (the core sends that one)
+    # every stage of a VM but notify (the notify built-in performs it)
     @hookimpl
     def rehost_vm_locate(self, vm: VM, ctx: Campaign) -> dict[str, Any] | None:
         vm.source_host = "old"
@@ -212,12 +243,14 @@ def journal(tmp_path: Path) -> Journal:
 
 GOLDEN = [
     "configure",
-    "stage_start preflight", "select_vms", "preflight", "stage_finish preflight",
+    "stage_start preflight", "discover_hosts", "select_vms", "preflight",
+    "stage_finish preflight",
     "stage_start fence", "fence", "stage_finish fence",
     "campaign_start",
     "stage_start locate web01", "vm_locate web01", "stage_finish locate web01",
     "stage_start backup_xml web01", "vm_backup_xml web01", "stage_finish backup_xml web01",
-    "stage_start notify web01", "notify downtime_start web01", "stage_finish notify web01",
+    "stage_start notify web01", "vm_notify web01", "notify downtime_start web01",
+    "stage_finish notify web01",
     "stage_start power_off web01", "vm_power_off web01", "stage_finish power_off web01",
     "stage_start undefine web01", "vm_undefine web01", "stage_finish undefine web01",
     "stage_start await_undeployed web01", "vm_await_undeployed web01",
@@ -264,8 +297,11 @@ def test_golden_order_of_one_vm_through_every_stage(tmp_path: Path) -> None:
         events = [(e.stage, e.event) for e in j.events("ABQ_web01")]
         assert events == [(s, ev) for s in VM_STAGES for ev in ("start", "finish")]
         finished = j.finished_stages("ABQ_web01")
-        assert finished["transfer"] == {"stage": "transfer", "vm": "ABQ_web01"}
-        assert finished["notify"] == {"event": "downtime_start"}
+        # the checked result: the declared fields, and the plugin's own facts kept
+        assert finished["transfer"]["disks"] == []
+        assert (finished["transfer"]["stage_done"], finished["transfer"]["vm"]) == (
+            "transfer", "ABQ_web01")
+        assert finished["notify"]["event"] == "downtime_start"
         assert j.get("unfenced") is True
     finally:
         j.close()
@@ -294,8 +330,7 @@ def test_a_failing_stage_stops_that_vm_and_the_others_go_on(tmp_path: Path) -> N
     assert recorder.errors == [("transfer", "bad", boom)]
 
     good = recorder.for_vm("good")
-    assert [c for c in good if c.startswith("vm_")] == [
-        f"vm_{s} good" for s in VM_STAGES if s != "notify"]
+    assert [c for c in good if c.startswith("vm_")] == [f"vm_{s} good" for s in VM_STAGES]
     # unfence still runs, after every VM
     assert recorder.calls.index("unfence") > recorder.calls.index("stage_finish cleanup good")
     assert performer.unfenced == [{"fenced": ["old"], "run": 1}]
@@ -308,7 +343,7 @@ def test_a_failing_stage_stops_that_vm_and_the_others_go_on(tmp_path: Path) -> N
         assert rows["good"]["status"] == "done"
         [error] = [e for e in j.events("ABQ_bad") if e.event == "error"]
         assert error.stage == "transfer" and error.data["type"] == "RuntimeError"
-        assert "X_BACK on the source datastore" in error.data["safe_point"]
+        assert "kept under their backup names on the source" in error.data["safe_point"]
         assert error.data["done"] == list(VM_STAGES[:VM_STAGES.index("transfer")])
     finally:
         j.close()
@@ -349,8 +384,8 @@ def test_a_critical_preflight_finding_stops_before_the_fence(tmp_path: Path) -> 
     assert "[capacity] not enough room on the CentOS 6 hosts" in str(err.value)
     assert "friday" not in str(err.value)
     assert performer.fence_calls == 0
-    assert recorder.calls == ["configure", "stage_start preflight", "select_vms", "preflight",
-                              "stage_error preflight", "unconfigure"]
+    assert recorder.calls == ["configure", "stage_start preflight", "discover_hosts",
+                              "select_vms", "preflight", "stage_error preflight", "unconfigure"]
     j = journal(tmp_path)
     try:
         assert j.get("fenced") is None
@@ -381,7 +416,8 @@ def test_resume_after_a_crash_mid_stage_reruns_only_the_unfinished_stage(
     try:
         [row] = j.vm_rows()
         assert (row["status"], row["stage"]) == ("running", "swap_disks")
-        assert j.get("fenced") == {"fenced": ["old"], "run": 1}
+        assert {k: j.get("fenced")[k] for k in ("fenced", "run")} == {"fenced": ["old"],
+                                                                      "run": 1}
         assert j.get("unfenced") is None
     finally:
         j.close()
@@ -435,7 +471,7 @@ def test_an_interrupted_run_unfences_and_resume_fences_again(tmp_path: Path) -> 
     assert performer2.fence_calls == 1  # unfenced at the end of the first run: fence again
     assert [c for c in recorder.for_vm("a") if c.startswith("vm_")] == [
         f"vm_{s} a" for s in VM_STAGES[VM_STAGES.index("deploy"):]]
-    assert len([c for c in recorder.for_vm("b") if c.startswith("vm_")]) == len(VM_STAGES) - 1
+    assert len([c for c in recorder.for_vm("b") if c.startswith("vm_")]) == len(VM_STAGES)
 
 
 def test_resume_of_a_finished_campaign_runs_no_stage_again(tmp_path: Path) -> None:
@@ -486,7 +522,7 @@ class TwoHosts(Performer):
         finally:
             with self.lock:
                 self.busy[host] -= 1
-        return {"stage": "transfer"}
+        return {"disks": []}
 
 
 def test_per_host_limit_keeps_one_copy_per_source_host_while_hosts_run_in_parallel(
@@ -527,7 +563,8 @@ def test_plan_and_confirm_configure_the_plugins_first_and_unconfigure_them_after
     try:
         found = plan(ctx)
         assert [v.label for v in found.vms] == ["web01"]
-        assert recorder.calls == ["configure", "select_vms", "preflight", "unconfigure"]
+        assert recorder.calls == ["configure", "discover_hosts", "select_vms", "preflight",
+                                  "unconfigure"]
         recorder.calls.clear()
         assert confirm(ctx) == {}
         assert recorder.calls[0] == "configure" and recorder.calls[-1] == "unconfigure"

@@ -269,7 +269,7 @@ def test_a_site_plugin_wins_over_a_trylast_builtin_whatever_the_order() -> None:
     manager.register(SiteFence(), "site-fence", "in-process", "test")
     manager.load_builtins(["allocation"])
     ctx = object()  # the built-in would fail on it: it must not be called
-    assert manager.hooks.fence(ctx) == {"by": "site"}  # type: ignore[arg-type]
+    assert manager.hooks.fence(ctx).record("by") == "site"  # type: ignore[arg-type]
     assert called == ["site"]
 
     # and when the site plugin does not answer, the built-in does
@@ -294,8 +294,8 @@ def test_rehost_plugins_lists_plugins_strategies_and_origins() -> None:
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
     assert lines[0] == "plugins:"
-    rows = {ln.split()[0]: ln for ln in lines[1:] if ln.startswith("  ") and not
-            ln.startswith("   ")}
+    listed = lines[1:next(i for i, ln in enumerate(lines) if i and not ln.startswith(" "))]
+    rows = {ln.split()[0]: ln for ln in listed}
     for name, module in BUILTIN_PLUGINS:
         assert rows[name].split()[1:] == ["builtin", module]
     site = rows["example-site"]
@@ -309,7 +309,11 @@ def test_rehost_plugins_json() -> None:
     res = rehost_cli("plugins", "--json")
     assert res.returncode == 0, res.stderr
     data = json.loads(res.stdout)
-    assert set(data) == {"plugins", "blocked", "strategies"}
+    assert set(data) == {"plugins", "blocked", "strategies", "settings", "report_formats"}
+    assert {s["name"] for s in data["strategies"]["control"]} >= {"abiquo"}
+    assert data["settings"]["abiquo"]["section"] == "abiquo"
+    assert "url" in data["settings"]["abiquo"]["keys"]
+    assert set(data["report_formats"]) >= {"html", "md", "json"}
     plugins = {p["name"]: p for p in data["plugins"]}
     assert plugins["example-site"] == {
         "name": "example-site", "origin": "entry point",

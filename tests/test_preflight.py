@@ -114,30 +114,38 @@ def test_hosts_discovered_from_abiquo(make_lab) -> None:
 def _preflight_ctx(abiquo_url: str, tmp_path: Any, status: str | None) -> Any:
     from types import SimpleNamespace
 
+    from rehost.abiquo import site
     from rehost.core.journal import Journal
     from rehost.core.model import VM
     from tests.test_abiquo_client import client
 
     vm = VM(name="ABQ_u7", uuid="u7", label="web01", source_host="c5-a",
-            abiquo_href=f"{abiquo_url}/cloud/vm/7")
+            control_ref=f"{abiquo_url}/cloud/vm/7")
     journal = Journal(tmp_path / "state")
     if status:
         journal.add_vm(vm, 0)
         journal.record(vm, "power_off", "start")
-    config = SimpleNamespace(abiquo=object(), hosts={}, sources=lambda: [], targets=lambda: [],
+    config = SimpleNamespace(hosts={}, sources=lambda: [], targets=lambda: [],
                              campaign=SimpleNamespace(task_timeout=30))
-    return SimpleNamespace(abiquo=client(abiquo_url), config=config, vms=[vm], journal=journal,
-                           host_by_address=lambda a: None)
+
+    class Ctx:  # what the Abiquo control plane reads of the campaign
+        def host_by_address(self, address: str) -> None:
+            return None
+
+    ctx = Ctx()
+    ctx.config, ctx.vms, ctx.journal = config, [vm], journal  # type: ignore[attr-defined]
+    site._clients[ctx] = client(abiquo_url)
+    return ctx
 
 
 def test_a_vm_locked_by_someone_else_is_critical_at_once(fake: Any, tmp_path: Any) -> None:
-    from rehost.plugins.abiquo import rehost_preflight
+    from rehost.plugins.abiquo import AbiquoControl
     from tests.test_abiquo_client import VM as VM_JSON
 
     fake.script["/api/admin/datacenters"] = [(200, {"collection": []})]
     fake.script["/api/cloud/vm/7"] = [(200, {**VM_JSON, "state": "LOCKED"})]
     ctx = _preflight_ctx(fake.url, tmp_path, None)
-    found = rehost_preflight(ctx)
+    found = AbiquoControl().check_vms(ctx)
     ctx.journal.close()
     assert [(f.severity, f.code, f.vm) for f in found if f.code == "vm-state"] == [
         ("critical", "vm-state", "web01")]
@@ -145,7 +153,7 @@ def test_a_vm_locked_by_someone_else_is_critical_at_once(fake: Any, tmp_path: An
 
 
 def test_a_vm_locked_by_our_own_interrupted_run_is_awaited(fake: Any, tmp_path: Any) -> None:
-    from rehost.plugins.abiquo import rehost_preflight
+    from rehost.plugins.abiquo import AbiquoControl
     from tests.test_abiquo_client import VM as VM_JSON
 
     fake.script["/api/admin/datacenters"] = [(200, {"collection": []})]
@@ -153,7 +161,7 @@ def test_a_vm_locked_by_our_own_interrupted_run_is_awaited(fake: Any, tmp_path: 
                                       (200, {**VM_JSON, "state": "LOCKED"}),
                                       (200, {**VM_JSON, "state": "OFF"})]
     ctx = _preflight_ctx(fake.url, tmp_path, "running")
-    found = rehost_preflight(ctx)
+    found = AbiquoControl().check_vms(ctx)
     ctx.journal.close()
     assert not [f for f in found if f.code in ("vm-state", "abiquo-vm")]
     assert [s.path for s in fake.seen].count("/api/cloud/vm/7") == 3

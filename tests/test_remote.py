@@ -260,7 +260,7 @@ def test_checksums_of_a_sparse_file_agree_with_hashlib(target: Target) -> None:
 
 
 def test_sample_blocks_take_the_first_the_last_and_spread_between() -> None:
-    from rehost.plugins.storage.base import sample_blocks
+    from rehost.api.datastore import sample_blocks
 
     mib = 1 << 20
     assert sample_blocks(0, mib, 16) == []

@@ -1,13 +1,13 @@
-"""The last guard before a disk is touched: the VM's host must be a target host that runs
-CentOS 6, as the host itself says. Unknown is not CentOS 6."""
+"""The last guard before a disk is touched: the VM's host must be a target host, and the
+Abiquo control plane wants it to run CentOS 6, as the host itself says. Unknown is not
+CentOS 6."""
 
 from __future__ import annotations
 
 import pytest
-from rehost.plugins.storage.base import _target
 
-from rehost.core.errors import PreconditionError
-from rehost.core.model import VM, Host, HostFacts
+from rehost.api import VM, Host, HostFacts, PreconditionError, target_host
+from rehost.plugins.abiquo import AbiquoControl
 
 
 class Ctx:
@@ -20,6 +20,12 @@ class Ctx:
 
     def facts(self, name: str) -> HostFacts:
         return self.f
+
+    control = AbiquoControl()
+
+
+def _target(vm: VM, ctx: Ctx) -> str:
+    return target_host(vm, ctx)  # type: ignore[arg-type]
 
 
 def vm() -> VM:
