@@ -20,7 +20,7 @@ change. ``docs/plugin-guide.md`` walks through a storage strategy, a notifier an
   (:func:`backup_path`, :func:`source_host`, :func:`target_host`, :func:`shell_safe`,
   :func:`same_datastore`);
 * remote commands: :class:`Shell` (argument lists, quoted for the remote shell) and
-  :func:`quote_argv`;
+  :func:`quote_argv`; :func:`parse_centos_release` for ``/etc/redhat-release``;
 * errors: :class:`RehostError` and its kinds.
 """
 
@@ -44,6 +44,7 @@ from rehost.core.errors import (
     RehostError,
     RemoteError,
 )
+from rehost.core.hypervisor import parse_centos_release
 from rehost.core.remote import Shell, quote_argv
 from rehost.core.strategies import AllocationStrategy, ControlPlane, StorageStrategy, Strategy
 from rehost.core.types import (
@@ -95,6 +96,6 @@ __all__ = [
     "RemoteError", "RemoveNewDisksResult", "RemovedDisk", "Result", "RollbackResult", "Sample",
     "Shell", "StartResult", "StorageStrategy", "Strategy", "StrategyRecord", "SwapResult",
     "SwappedDisk", "TransferResult", "UndefineResult", "UnfenceResult", "VerifyResult",
-    "XmlChange", "backup_path", "hookimpl", "quote_argv", "same_datastore", "shell_safe",
-    "source_host", "target_host",
+    "XmlChange", "backup_path", "hookimpl", "parse_centos_release", "quote_argv",
+    "same_datastore", "shell_safe", "source_host", "target_host",
 ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import signal
 import tempfile
 import threading
 from pathlib import Path
@@ -83,6 +84,8 @@ class Campaign:
         self.discovered: list[Host] | None = None
         #: set on the first Ctrl-C or SIGTERM: no new stage starts
         self.stopping = threading.Event()
+        #: the signal that stopped the campaign, if one did
+        self.stopped_by: signal.Signals | None = None
         self._lock = threading.RLock()
         self._shells: dict[str, Shell] = {}
         # one ssh connection per host for all of the campaign's commands (ControlMaster);

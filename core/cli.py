@@ -238,7 +238,7 @@ def status_cmd(config_path: str, as_json: bool) -> None:
     if active is not None:
         click.echo(f"in progress: `{active.get('command', 'rehost')}`, pid {active.get('pid', '?')}"
                    f" on {active.get('host', '?')}, since {active.get('started', '?')}")
-    elif any(d["status"] == "running" for d in data):
+    elif any(d["status"] in ("running", "interrupted") for d in data):
         click.echo("interrupted: no rehost is working on this campaign now; `rehost resume` "
                    "goes on where it stopped")
     for d in data:

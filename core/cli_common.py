@@ -106,10 +106,17 @@ def run_and_report(ctx: Any, vms: tuple[str, ...]) -> None:
         for name in outcome:
             click.echo(f"  {name}")
         return
-    failed = [n for n, o in outcome.items() if o != "done"]
-    click.echo(f"{len(outcome) - len(failed)} of {len(outcome)} VM(s) moved"
-               + (f"; FAILED: {', '.join(failed)}" if failed else ""))
+    failed = [n for n, o in outcome.items() if o == "failed"]
+    waiting = [n for n, o in outcome.items() if o not in ("done", "failed")]
+    moved = len(outcome) - len(failed) - len(waiting)
+    click.echo(f"{moved} of {len(outcome)} VM(s) moved"
+               + (f"; FAILED: {', '.join(failed)}" if failed else "")
+               + (f"; not finished: {', '.join(waiting)}" if waiting else ""))
     for p in paths:
         click.echo(f"report: {p}")
-    if failed:
+    if ctx.stopped_by is not None:
+        click.echo(f"stopped by {ctx.stopped_by.name}: the rules are put back and the report "
+                   "is written; `rehost resume` goes on where it stopped", err=True)
+        sys.exit(128 + ctx.stopped_by.value)  # the shell's way of saying "killed by it"
+    if failed or waiting:
         sys.exit(1)

@@ -260,6 +260,7 @@ def _stop_on_signals(ctx: Campaign) -> Iterator[None]:
         count += 1
         name = signal.Signals(signum).name
         if count == 1:
+            ctx.stopped_by = signal.Signals(signum)
             ctx.stopping.set()
             ctx.log.warning("{}: stopping — no new stage starts; the stages running now "
                             "finish, then the campaign unfences and writes its report "

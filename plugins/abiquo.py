@@ -45,6 +45,7 @@ from rehost.api import (
     StrategyRecord,
     backup_path,
     hookimpl,
+    parse_centos_release,
 )
 
 if TYPE_CHECKING:
@@ -62,12 +63,6 @@ def _vm_machine(c: AbiquoClient, vm: VirtualMachine,
     if link is None:
         return None
     return machines.get(c.absolute(link.href)) or c.machine(link.href)
-
-
-def _parse_release(text: str) -> int | None:
-    from rehost.core.hypervisor import parse_centos_release
-
-    return parse_centos_release(text)[0]
 
 
 class AbiquoControl(ControlPlane):
@@ -116,7 +111,7 @@ class AbiquoControl(ControlPlane):
                                 m.ip, exc)
                 ctx.forget_host(name)
                 continue
-            major = _parse_release(release)
+            major, _ = parse_centos_release(release)
             if major not in (5, 6):
                 ctx.log.warning("discover: machine {} runs {}: neither source nor target",
                                 name, release.strip())

@@ -13,19 +13,19 @@ from typing import TYPE_CHECKING, Any
 from rehost.reports.model import build_report
 
 if TYPE_CHECKING:
-    from rehost.core.campaign import Campaign
+    from rehost.api import Context
 
-_cache: weakref.WeakKeyDictionary[Campaign, tuple[int, dict[str, Any]]] = \
+_cache: weakref.WeakKeyDictionary[Context, tuple[int, dict[str, Any]]] = \
     weakref.WeakKeyDictionary()
 
 
-def _secrets(ctx: Campaign) -> list[str]:
+def _secrets(ctx: Context) -> list[str]:
     """Strings that must never appear in a report: what the plugins' settings call secret
     (the Abiquo password)."""
     return ctx.secrets()
 
 
-def _hosts(ctx: Campaign) -> dict[str, dict[str, Any]]:
+def _hosts(ctx: Context) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for host in ctx.config.hosts.values():
         info: dict[str, Any] = {"role": host.role, "domains": None}
@@ -38,7 +38,7 @@ def _hosts(ctx: Campaign) -> dict[str, dict[str, Any]]:
     return out
 
 
-def campaign_report(ctx: Campaign) -> dict[str, Any]:
+def campaign_report(ctx: Context) -> dict[str, Any]:
     """The report model of ``ctx`` now (cached while the journal does not change)."""
     events = ctx.journal.events()
     mark = events[-1].id if events else 0

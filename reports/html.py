@@ -13,7 +13,7 @@ from rehost.reports.collect import campaign_report
 from rehost.reports.render import TemplateDirs, render, template_dirs, write
 
 if TYPE_CHECKING:
-    from rehost.core.campaign import Campaign
+    from rehost.api import Context
 
 #: Stages grouped by what they do to the VM, one colour per group in the timeline.
 PHASES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
@@ -118,7 +118,7 @@ def render_html(report: dict[str, Any], template_dir: TemplateDirs = None) -> st
 
 
 @hookimpl
-def rehost_report(ctx: Campaign, outdir: str, formats: list[str]) -> list[str]:
+def rehost_report(ctx: Context, outdir: str, formats: list[str]) -> list[str]:
     if "html" not in formats:
         return []
     text = render_html(campaign_report(ctx), template_dirs(ctx))

@@ -15,7 +15,7 @@ from rehost.reports.collect import campaign_report
 from rehost.reports.render import write
 
 if TYPE_CHECKING:
-    from rehost.core.campaign import Campaign
+    from rehost.api import Context
 
 SCHEMA_FILE = "report.schema.json"
 
@@ -32,7 +32,7 @@ def dumps(report: dict[str, Any]) -> str:
 
 
 @hookimpl
-def rehost_report(ctx: Campaign, outdir: str, formats: list[str]) -> list[str]:
+def rehost_report(ctx: Context, outdir: str, formats: list[str]) -> list[str]:
     if "json" not in formats:
         return []
     return [write(Path(outdir) / "report.json", dumps(campaign_report(ctx)))]

@@ -11,7 +11,7 @@ from rehost.reports.collect import campaign_report
 from rehost.reports.render import TemplateDirs, render, template_dirs, write
 
 if TYPE_CHECKING:
-    from rehost.core.campaign import Campaign
+    from rehost.api import Context
 
 __all__ = ["campaign_report", "rehost_report", "render_markdown"]
 
@@ -23,7 +23,7 @@ def render_markdown(report: dict[str, Any], template_dir: TemplateDirs = None) -
 
 
 @hookimpl
-def rehost_report(ctx: Campaign, outdir: str, formats: list[str]) -> list[str]:
+def rehost_report(ctx: Context, outdir: str, formats: list[str]) -> list[str]:
     if "md" not in formats:
         return []
     text = render_markdown(campaign_report(ctx), template_dirs(ctx))

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import jinja2
 
 if TYPE_CHECKING:
-    from rehost.core.campaign import Campaign
+    from rehost.api import Context
 
 
 def filesize(n: Any) -> str:
@@ -57,7 +57,7 @@ def clock(iso: Any) -> str:
 TemplateDirs = str | Sequence[str] | None
 
 
-def template_dirs(ctx: Campaign) -> list[str]:
+def template_dirs(ctx: Context) -> list[str]:
     """Where a campaign's report templates are looked up before the built-in ones: the site
     config's ``report.template_dir``, then every plugin's ``rehost_report_template_dirs``."""
     dirs = [ctx.config.report.template_dir] if ctx.config.report.template_dir else []

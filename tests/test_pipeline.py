@@ -571,3 +571,106 @@ def test_plan_and_confirm_configure_the_plugins_first_and_unconfigure_them_after
         assert "report" in recorder.calls
     finally:
         ctx.close()
+
+
+# -- confirm, and Ctrl-C ---------------------------------------------------------------------
+
+
+def test_a_cleanup_failing_in_confirm_is_journaled_and_the_others_go_on(tmp_path: Path) -> None:
+    from rehost.core.pipeline import confirm
+
+    ctx, _ = campaign(tmp_path, Performer(["a", "b"]))
+    try:
+        assert run_campaign(ctx) == {"ABQ_a": "done", "ABQ_b": "done"}
+    finally:
+        ctx.close()
+
+    boom = RuntimeError("rm: cannot remove 'disk_BACK': Read-only file system")
+    ctx, recorder = campaign(tmp_path, Performer(["a", "b"], fail={("ABQ_a", "cleanup"): boom}))
+    try:
+        out = confirm(ctx)
+    finally:
+        ctx.close()
+    assert out["a"] == f"cleanup failed: {boom}"
+    assert out["b"] == {"deleted": []}
+    # a's failure is an error event of its stage; b was still cleaned up; the report written
+    assert recorder.errors == [("cleanup", "a", boom)]
+    assert "vm_cleanup b" in recorder.calls
+    assert recorder.calls.index("stage_start report") > recorder.calls.index("vm_cleanup b")
+    j = journal(tmp_path)
+    try:
+        rows = {r["vm"]["label"]: r for r in j.vm_rows()}
+        assert (rows["a"]["status"], rows["a"]["error"]) == ("failed", f"cleanup: {boom}")
+        assert rows["b"]["status"] == "done"
+        [error] = [e for e in j.events("ABQ_a") if e.event == "error"]
+        assert error.stage == "cleanup" and error.data["error"] == str(boom)
+        assert [e.event for e in j.events(None) if e.stage == "report"][-2:] == [
+            "start", "finish"]
+    finally:
+        j.close()
+
+
+class StopsMidCopy(Performer):
+    """Six VMs; the first three copy together; while they copy, the operator presses Ctrl-C
+    twice. The copies then end as they would."""
+
+    def __init__(self) -> None:
+        super().__init__([f"vm{i}" for i in range(6)])
+        import threading
+
+        self.together = threading.Barrier(3, timeout=30)
+
+    @hookimpl(tryfirst=True)
+    def rehost_vm_transfer(self, vm: VM, ctx: Campaign) -> dict[str, Any] | None:
+        if self.together.wait() == 0:  # one of the three presses Ctrl-C, twice
+            os.kill(os.getpid(), signal.SIGINT)
+            assert ctx.stopping.wait(30), "the first Ctrl-C did not stop the campaign"
+            os.kill(os.getpid(), signal.SIGINT)
+        assert ctx.stopping.wait(30)
+        return {"disks": [], "vm": vm.name}
+
+
+def test_ctrl_c_in_a_parallel_campaign_stops_in_order(tmp_path: Path) -> None:
+    performer = StopsMidCopy()
+    ctx, recorder = campaign(tmp_path, performer)
+    ctx.config.campaign.parallel = 3
+    try:
+        outcome = run_campaign(ctx)  # no KeyboardInterrupt comes out of it
+        assert ctx.stopped_by == signal.SIGINT
+    finally:
+        ctx.close()
+    assert outcome == {f"ABQ_vm{i}": "interrupted" for i in range(6)}
+    assert performer.unfenced == [{"fenced": ["old"], "run": 1}]
+    assert recorder.errors == []  # nothing failed: the running stages ended
+
+    j = journal(tmp_path)
+    try:
+        rows = {r["vm"]["label"]: r for r in j.vm_rows()}
+        started = {n for n, r in rows.items() if r["status"] != "pending"}
+        assert len(started) == 3
+        for name in started:
+            assert rows[name]["status"] == "interrupted"
+            assert rows[name]["error"] == ("remove_new_disks: not started, the campaign was "
+                                           "stopped")
+            assert "transfer" in j.finished_stages(f"ABQ_{name}")
+        for name in set(rows) - started:
+            assert rows[name]["status"] == "pending" and j.events(f"ABQ_{name}") == []
+        # the unfence and the report came after the last stage of every VM
+        last_vm_event = max(e.ts for r in rows for e in j.events(f"ABQ_{r}"))
+        unfence = next(e for e in j.events(None) if e.stage == "unfence" and e.event == "start")
+        assert unfence.ts >= last_vm_event
+        assert j.get("unfenced") is True
+        assert [e.event for e in j.events(None) if e.stage == "report"] == ["start", "finish"]
+    finally:
+        j.close()
+
+    # resume moves every VM, the stopped ones from where they stopped
+    performer2 = Performer([f"vm{i}" for i in range(6)])
+    ctx, recorder = campaign(tmp_path, performer2)
+    try:
+        assert run_campaign(ctx) == {f"ABQ_vm{i}": "done" for i in range(6)}
+    finally:
+        ctx.close()
+    for name in started:
+        assert [c for c in recorder.for_vm(name) if c.startswith("vm_")][0] == \
+            f"vm_remove_new_disks {name}"
