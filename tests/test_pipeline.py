@@ -674,3 +674,32 @@ def test_ctrl_c_in_a_parallel_campaign_stops_in_order(tmp_path: Path) -> None:
     for name in started:
         assert [c for c in recorder.for_vm(name) if c.startswith("vm_")][0] == \
             f"vm_remove_new_disks {name}"
+
+
+class BadVerify(Performer):
+    """A storage strategy's verify that returns the wrong shape: ``ok`` is not a yes/no."""
+
+    @hookimpl(tryfirst=True)
+    def rehost_vm_verify(self, vm: VM, ctx: Campaign) -> dict[str, Any] | None:
+        return {"ok": "probably", "host": "new", "method": "eyeballed", "disks": []}
+
+
+def test_a_result_of_the_wrong_shape_names_the_plugin_the_stage_and_the_field(
+        tmp_path: Path) -> None:
+    ctx, recorder = campaign(tmp_path, BadVerify(["web01"]))
+    try:
+        outcome = run_campaign(ctx)
+    finally:
+        ctx.close()
+    assert outcome == {"ABQ_web01": "failed"}
+    [(stage, _, error)] = recorder.errors
+    assert stage == "verify"
+    assert str(error).startswith("plugin 'performer' returned a bad VerifyResult for stage "
+                                 "'verify': field 'ok': Input should be a valid boolean")
+    # nothing after it ran: cleanup never deletes the backups of a VM not verified
+    assert "vm_cleanup web01" not in recorder.calls
+    j = journal(tmp_path)
+    try:
+        assert "verify" not in j.finished_stages("ABQ_web01")
+    finally:
+        j.close()

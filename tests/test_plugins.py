@@ -341,3 +341,76 @@ def test_rehost_plugins_json_shows_what_the_site_config_blocks(tmp_path: Path) -
     assert "example-site" not in names and "allocation-halt" not in names
     assert "site-rsync" not in {s["name"] for s in data["strategies"]["storage"]}
     assert "halt" not in {s["name"] for s in data["strategies"]["allocation"]}
+
+
+# -- the typed contract: strategies, report formats ---------------------------------------------
+
+
+def test_a_strategy_that_is_not_of_its_kind_is_an_error_naming_the_plugin(tmp_path: Path) -> None:
+    cfg_path = tmp_path / "site.toml"
+    cfg_path.write_text(SITE.format(storage="loose"))
+    cfg = parse_config(cfg_path.read_text(), str(cfg_path))
+    manager = build_plugin_manager(entry_points=False, extra=[(storage_offer("loose"), "loose")])
+    ctx = Campaign(cfg, manager)
+    try:
+        with pytest.raises(PluginError) as err:
+            ctx.storage  # noqa: B018 - building it is the point
+    finally:
+        ctx.close()
+    assert str(err.value) == ("plugin 'loose': its storage strategy 'loose' is a dict, not a "
+                              "rehost.core.strategies.StorageStrategy "
+                              "(rehost.api.StorageStrategy)")
+
+
+REPORTER_FILE = '''
+from pathlib import Path
+from rehost.api import hookimpl
+
+@hookimpl
+def rehost_report_formats():
+    return ["csv"]
+
+@hookimpl
+def rehost_report(ctx, outdir, formats):
+    if "csv" not in formats:
+        return []
+    Path(outdir).mkdir(parents=True, exist_ok=True)
+    path = Path(outdir) / "report.csv"
+    rows = ["name,status"] + [f"{r['name']},{r['status']}" for r in ctx.journal.vm_rows()]
+    path.write_text("\\n".join(rows) + "\\n")
+    return [str(path)]
+'''
+
+
+def test_a_site_reporter_brings_its_format(tmp_path: Path) -> None:
+    (tmp_path / "csvreport.py").write_text(REPORTER_FILE)
+    cfg_path = tmp_path / "site.toml"
+    plugins = '\n[plugins]\nfiles = ["csvreport.py"]\n'
+    cfg_path.write_text(SITE.format(storage="scp") + '\n[report]\nformats = ["csv", "md"]\n'
+                        + plugins)
+    cfg = parse_config(cfg_path.read_text(), str(cfg_path))
+    ctx = Campaign(cfg, build_plugin_manager(plugin_files=cfg.plugins.files,
+                                             entry_points=False))
+    try:
+        assert ctx.hooks.report_formats() == ["md", "html", "json", "csv"]
+        paths = ctx.hooks.report(ctx, str(tmp_path / "out"), ["csv"])
+    finally:
+        ctx.close()
+    assert paths == [str(tmp_path / "out" / "report.csv")]
+    assert Path(paths[0]).read_text() == "name,status\n"
+
+    # without the reporter, the format is a configuration error that says what there is
+    cfg_path.write_text(SITE.format(storage="scp") + '\n[report]\nformats = ["csv"]\n')
+    cfg = parse_config(cfg_path.read_text(), str(cfg_path))
+    with pytest.raises(ConfigError) as err:
+        Campaign(cfg, build_plugin_manager(entry_points=False))
+    assert str(err.value) == "report.formats: 'csv' is not a format: choose md, html, json"
+
+    # `rehost report --format` offers the site's format too
+    cfg_path.write_text(SITE.format(storage="scp") + plugins)
+    res = rehost_cli("report", "-c", str(cfg_path), "--format", "csv", "-o", str(tmp_path / "r"))
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "r" / "report.csv").read_text() == "name,status\n"
+    res = rehost_cli("report", "-c", str(cfg_path), "--format", "pdf")
+    assert res.returncode == 2
+    assert "--format 'pdf': choose md, html, json, csv" in res.stderr
