@@ -259,7 +259,7 @@ def test_a_failed_vm_stops_safely_and_the_others_go_on(make_lab, tmp_path: Path)
     assert rows["good"]["status"] == "done"
     report = Path(st.root / "reports" / "report.md").read_text()
     assert "failed in stage `transfer`" in report
-    assert "X_BACK on the source datastore" in report
+    assert "kept under their backup names on the source host" in report
 
 
 CORRUPTING_PLUGIN = '''

@@ -672,7 +672,7 @@ def test_ctrl_c_in_a_parallel_campaign_stops_in_order(tmp_path: Path) -> None:
     finally:
         ctx.close()
     for name in started:
-        assert [c for c in recorder.for_vm(name) if c.startswith("vm_")][0] == \
+        assert next(c for c in recorder.for_vm(name) if c.startswith("vm_")) == \
             f"vm_remove_new_disks {name}"
 
 

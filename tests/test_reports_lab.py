@@ -160,7 +160,7 @@ def test_reports_of_a_campaign_with_a_failed_vm(make_lab, tmp_path: Path) -> Non
     [failure] = data["failures"]
     assert failure["stage"] == "transfer"
     assert "injected: the copy link broke" in failure["error"]
-    assert "X_BACK on the source datastore" in failure["safe_point"]
+    assert "kept under their backup names on the source host" in failure["safe_point"]
     stages = {s["stage"]: s for s in bad["stages"]}
     assert stages["transfer"]["outcome"] == "failed"
     assert "cleanup" not in stages, "no stage after the failure ran"
@@ -168,7 +168,7 @@ def test_reports_of_a_campaign_with_a_failed_vm(make_lab, tmp_path: Path) -> Non
     assert data["hosts_emptied"] == []
 
     assert "failed in stage `transfer`: injected: the copy link broke" in md
-    assert "Kept safe: " in md and "X_BACK on the source datastore" in md
+    assert "Kept safe: " in md and "kept under their backup names on the source host" in md
     assert "still down since" in md_row(md, "bad")
     assert "| c5-a | c6-a | done |" in md_row(md, "good")
     assert "1 of 2 VMs moved — 1 FAILED" in html
