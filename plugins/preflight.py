@@ -4,9 +4,7 @@ The control plane and the strategies add their own (``preflight`` of each)."""
 
 from __future__ import annotations
 
-import secrets
-
-from rehost.api import Context, Finding, HostFacts, RehostError, hookimpl
+from rehost.api import Context, Finding, HostFacts, RehostError, hookimpl, same_datastore
 
 
 @hookimpl
@@ -89,20 +87,16 @@ def _space(ctx: Context, targets: list[str], facts: dict[str, HostFacts]) -> lis
 
 
 def _shared(ctx: Context, sources: list[str], targets: list[str]) -> list[Finding]:
-    """Write a marker on a source datastore and look for it from the targets."""
+    """Does each target see the first source's datastore (a marker written there)?"""
     if not sources or not targets:
         return []
     src = ctx.host(sources[0])
-    marker = f"{src.datastore}/.rehost-shared-{secrets.token_hex(6)}"
+    probe = f"{src.datastore}/.rehost-shared"
     try:
-        ctx.shell(src.name).write_text(marker, "rehost shared-datastore probe\n")
+        seen = [t for t in targets if same_datastore(ctx.shell(src.name), ctx.shell(t), probe)]
     except RehostError as exc:
         return [Finding("warning", "shared-probe", f"cannot write to {src.datastore}: {exc}",
                         host=src.name)]
-    try:
-        seen = [t for t in targets if ctx.shell(t).exists(marker)]
-    finally:
-        ctx.shell(src.name).remove(marker)
     shared = len(seen) == len(targets)
     strategy = ctx.config.storage.strategy
     if strategy == "shared" and not shared:
