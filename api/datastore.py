@@ -161,7 +161,8 @@ class DatastoreStrategy(StorageStrategy):
         st = sh.stat(back)
         rec = PreservedDisk(path=disk.source or "", backup=back, size=st.size,
                             virtual_size=virtual_size(sh, back, disk, st.size),
-                            allocated=st.allocated, target=disk.target, format=disk.format)
+                            allocated=st.allocated, target=disk.target, format=disk.format,
+                            owner=f"{st.uid}:{st.gid}")
         if self.verify_mode == "checksum":
             rec.checksum = sh.checksum(back, self.checksum)
             rec.algorithm = self.checksum
@@ -203,11 +204,15 @@ class DatastoreStrategy(StorageStrategy):
         tgt = target_host(vm, ctx)
         sh = ctx.shell(tgt)
         removed = vm.fact(RemoveNewDisksResult)
-        owner = removed.owner if removed else None
+        preserved = vm.fact(PreserveResult)
         swapped = []
         for disk in vm.file_disks():
             path = disk.source or ""
             sh.rename(backup_path(disk), path)
+            # the owner of the template disk it replaces (the hypervisor's choice), else the
+            # owner the disk had on the source host
+            rec = preserved.disk(disk.source) if preserved else None
+            owner = (removed.owner if removed else None) or (rec.owner if rec else None)
             if owner:
                 sh.chown(path, owner)
             st = sh.stat(path)

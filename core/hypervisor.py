@@ -369,7 +369,42 @@ class Hypervisor:
         logger.info("{}: started {}", self.name, name)
         return True
 
+    def stop(self, name: str) -> bool:
+        """Stop the domain at once (``virsh destroy``: its disks are not touched). Returns
+        False when it was not running."""
+        dom = self._domain(name)
+        with self._libvirt("stop", name):
+            if not dom.isActive():
+                return False
+            dom.destroy()
+        logger.info("{}: stopped {}", self.name, name)
+        return True
+
+    def resources(self, name: str) -> tuple[int, int]:
+        """The domain's virtual CPUs and its memory in MiB (its maximum)."""
+        dom = self._domain(name)
+        with self._libvirt("read the resources of", name):
+            info = dom.info()
+        return int(info[3]), int(info[1]) // 1024
+
     # -- the host -----------------------------------------------------------------------------
+
+    def capabilities(self) -> str:
+        """``virsh capabilities``: the guests (architectures, emulators, machine types) the
+        host offers."""
+        with self._libvirt("read the capabilities"):
+            return str(self.conn.getCapabilities())
+
+    def domain_capabilities(self, emulator: str | None, arch: str, machine: str | None,
+                            virttype: str) -> str | None:
+        """``virsh domcapabilities``: what a domain of that kind can use here (CPU models).
+        None where this libvirt cannot say (before 1.2.7)."""
+        with self._libvirt("read the domain capabilities"):
+            try:
+                return str(self.conn.getDomainCapabilities(emulator, arch, machine, virttype,
+                                                           0))
+            except (AttributeError, libvirt.libvirtError):
+                return None
 
     def facts(self, shell: Shell, datastore: str | None = None) -> HostFacts:
         """What the host says about itself: libvirt through this connection, the OS release and

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
     ("control", "rehost.plugins.control"),
     ("abiquo", "rehost.plugins.abiquo"),
+    ("libvirt", "rehost.plugins.libvirt"),
     ("notify", "rehost.plugins.notify"),
     ("storage", "rehost.plugins.storage"),
     ("storage-shared", "rehost.plugins.storage.shared"),

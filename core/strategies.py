@@ -31,6 +31,7 @@ from rehost.core.types import (
     Finding,
     Host,
     LocateResult,
+    Need,
     PowerOffNewResult,
     PowerOffResult,
     PreserveResult,
@@ -38,6 +39,7 @@ from rehost.core.types import (
     RollbackResult,
     StartResult,
     SwapResult,
+    TargetLoad,
     TransferResult,
     UndefineResult,
     UnfenceResult,
@@ -133,6 +135,18 @@ class AllocationStrategy(Strategy):
     def unfence(self, ctx: Context, fenced: FenceResult) -> UnfenceResult:
         """Restore what ``fence`` recorded."""
 
+    def choose_target(self, vm: VM, ctx: Context, need: Need,
+                      targets: list[TargetLoad]) -> str | None:
+        """For a control plane that lets rehost place VMs (``places_vms = False``): the
+        target host for ``vm``, or None when none fits. A strategy that only fences says so."""
+        raise ConfigError(f"allocation strategy {self.name!r} cannot place VMs itself: the "
+                          f"control plane {ctx.config.control.strategy!r} needs one that does")
+
+    @classmethod
+    def places(cls) -> bool:
+        """Whether this strategy can choose targets itself (:meth:`choose_target`)."""
+        return cls.choose_target is not AllocationStrategy.choose_target
+
 
 class ControlPlane(Strategy):
     """The system that owns the VMs (Abiquo, a site's manager): which VMs move, where they
@@ -140,6 +154,12 @@ class ControlPlane(Strategy):
     have libvirt defaults here."""
 
     kind = "control"
+    #: the control plane chooses where a VM is deployed (the allocation strategy fences it);
+    #: False: rehost chooses, with the allocation strategy's ``choose_target``
+    places_vms: ClassVar[bool] = True
+    #: the deploy creates new (template) disks at the VM's disk paths, which
+    #: ``remove_new_disks`` removes; False: the stage is skipped
+    deploys_new_disks: ClassVar[bool] = True
 
     def discover_hosts(self, ctx: Context) -> list[Host]:
         """Hosts the control plane knows that the site config does not name."""

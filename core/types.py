@@ -46,10 +46,11 @@ if TYPE_CHECKING:
 __all__ = [
     "CAMPAIGN_STAGES", "RESULT_TYPES", "VM", "VM_STAGES", "AwaitUndeployedResult",
     "BackupXmlResult", "CleanupResult", "Context", "DeployResult", "Disk", "DiskCheck",
-    "FenceResult", "Finding", "Host", "HostFacts", "LocateResult", "NotifyResult",
+    "FenceResult", "Finding", "Host", "HostFacts", "LocateResult", "Need", "NotifyResult",
     "PluginSettings", "PowerOffNewResult", "PowerOffResult", "PreserveResult", "PreservedDisk",
     "RemoveNewDisksResult", "RemovedDisk", "Result", "RollbackResult", "Sample", "StartResult",
-    "StrategyRecord", "SwapResult", "SwappedDisk", "TransferResult", "UndefineResult",
+    "StrategyRecord", "SwapResult", "SwappedDisk", "TargetLoad", "TransferResult",
+    "UndefineResult",
     "UnfenceResult", "VerifyResult", "XmlChange", "check_result", "load_result",
 ]
 
@@ -89,6 +90,7 @@ class PreservedDisk(Record):
     virtual_size: int | None = None
     target: str | None = None
     format: str | None = None
+    owner: str | None = None
     checksum: str | None = None
     algorithm: str | None = None
     sample: Sample | None = None
@@ -301,6 +303,28 @@ def load_result(stage: str, data: Any) -> Result | Any:
         return cls.model_validate(data)
     except ValidationError:
         return data  # a journal from before the typed contract: keep what it says
+
+
+# -- placement -------------------------------------------------------------------------------
+
+
+class TargetLoad(Record):
+    """A target host as a placement sees it: its capacity and what is defined there now."""
+
+    host: str
+    cpus: int
+    memory_mib: int
+    free_bytes: int
+    used_cpus: int = 0
+    used_mib: int = 0
+
+
+class Need(Record):
+    """What a VM needs on its target host."""
+
+    cpus: int
+    memory_mib: int
+    bytes: int = 0
 
 
 # -- plugin settings -----------------------------------------------------------------------

@@ -40,10 +40,12 @@ class LabVM:
     disks: list[LabDisk] = field(default_factory=list)
     volume: bool = False
     running: bool = True
+    #: the domain's name: Abiquo names it ABQ_<uuid>; on plain libvirt it is the VM's name
+    abiquo: bool = True
 
     @property
     def domain(self) -> str:
-        return f"ABQ_{self.uuid}"
+        return f"ABQ_{self.uuid}" if self.abiquo else self.name
 
 
 @dataclass
@@ -64,6 +66,8 @@ class LabDescription:
     hosts: list[LabHost]
     vms: list[LabVM]
     source: str = ""
+    #: ``abiquo`` (the API emulator runs) or ``libvirt`` (plain libvirt hosts, no emulator)
+    control: str = "abiquo"
 
     def host(self, name: str) -> LabHost:
         for h in self.hosts:
@@ -91,8 +95,13 @@ def parse_description(text: str, source: str = "<string>") -> LabDescription:
         raise ConfigError(f"lab description {source}: {exc}") from exc
     _check_keys("", data, {"lab", "hosts", "vms"})
     lab = data.get("lab", {})
-    _check_keys("lab.", lab, {"name", "network", "datastore", "shared_datastore", "volume_mib"})
+    _check_keys("lab.", lab, {"name", "network", "datastore", "shared_datastore", "volume_mib",
+                              "control"})
     name = str(lab.get("name", "lab"))
+    control = str(lab.get("control", "abiquo"))
+    if control not in ("abiquo", "libvirt"):
+        raise ConfigError(f"lab description: lab.control is {control!r}: choose abiquo (an "
+                          "Abiquo API emulator runs) or libvirt (plain libvirt hosts)")
     hosts: list[LabHost] = []
     for i, h in enumerate(data.get("hosts", [])):
         _check_keys(f"hosts[{i}].", h, {"name", "os", "cpus", "ram_mib"})
@@ -124,7 +133,8 @@ def parse_description(text: str, source: str = "<string>") -> LabDescription:
         vname = str(v.get("name", f"vm{i + 1}"))
         vms.append(LabVM(vname, str(v["host"]), str(v.get("uuid") or _stable_uuid(name, vname)),
                          int(v.get("cpu", 1)), int(v.get("ram_mib", 32)), disks,
-                         bool(v.get("volume", False)), bool(v.get("running", True))))
+                         bool(v.get("volume", False)), bool(v.get("running", True)),
+                         abiquo=control == "abiquo"))
     return LabDescription(
         name=name,
         network=str(lab.get("network") or default_network()),
@@ -134,6 +144,7 @@ def parse_description(text: str, source: str = "<string>") -> LabDescription:
         hosts=hosts,
         vms=vms,
         source=source,
+        control=control,
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import tempfile
@@ -145,9 +146,15 @@ def make_vm_disks(layout: HostLayout, vm: LabVM) -> list[dict[str, Any]]:
     return out
 
 
+#: where a lab host of an old personality keeps its QEMU, as CentOS 5 does (a link to the real
+#: one, in the host's own /var/lib/libvirt: the other hosts have no such file)
+OLD_EMULATOR = "/var/lib/libvirt/bin/qemu-kvm"
+
+
 def domain_xml(name: str, uuid: str, ram_mib: int, cpu: int, disks: list[dict[str, Any]],
-               volume: str | None) -> str:
-    from xml.sax.saxutils import quoteattr
+               volume: str | None, *, emulator: str = "/usr/bin/qemu-system-x86_64",
+               machine: str = "pc") -> str:
+    from xml.sax.saxutils import escape, quoteattr
 
     parts = []
     for d in disks:
@@ -174,11 +181,12 @@ def domain_xml(name: str, uuid: str, ram_mib: int, cpu: int, disks: list[dict[st
         f"  <uuid>{uuid}</uuid>\n"
         f"  <memory unit='MiB'>{ram_mib}</memory>\n"
         f"  <vcpu>{cpu}</vcpu>\n"
-        "  <os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>\n"
+        f"  <os><type arch='x86_64' machine={quoteattr(machine)}>hvm</type><boot dev='hd'/>"
+        "</os>\n"
         "  <features><acpi/></features>\n"
         "  <on_poweroff>destroy</on_poweroff>\n"
         "  <devices>\n"
-        "    <emulator>/usr/bin/qemu-system-x86_64</emulator>\n"
+        f"    <emulator>{escape(emulator)}</emulator>\n"
         + "".join(parts)
         + "    <graphics type='vnc' autoport='yes' listen='127.0.0.1'/>\n"
         "  </devices>\n"
@@ -287,11 +295,13 @@ def up(description_path: str | Path | None = None, root: Path | None = None) -> 
 
     volume_dev = _make_volume(root, desc, state) if any(v.volume for v in desc.vms) else None
     by_name = {lay.name: lay for lay in layouts}
+    old_style = {h.name: _old_host(by_name[h.name]) for h in desc.hosts
+                 if desc.control == "libvirt" and h.os.startswith("centos-5")}
     for vm in desc.vms:
         lay = by_name[vm.host]
         disks = make_vm_disks(lay, vm)
         xml = domain_xml(vm.domain, vm.uuid, vm.ram_mib, vm.cpu, disks,
-                         volume_dev if vm.volume else None)
+                         volume_dev if vm.volume else None, **old_style.get(vm.host, {}))
         conn = _open(f"qemu+unix:///system?socket={lay.libvirt_socket}")
         try:
             dom = conn.defineXML(xml)
@@ -309,17 +319,41 @@ def up(description_path: str | Path | None = None, root: Path | None = None) -> 
 
     state["ssh_config"] = str(ssh_config)
     state["site_config"] = str(root / "site.toml")
+    state["control"] = desc.control
     _save_state(root, state)
-    from rehost.lab.emulator.process import start_emulator
+    if desc.control == "abiquo":
+        from rehost.lab.emulator.process import start_emulator
 
-    state["emulator"] = start_emulator(state)
-    _save_state(root, state)
+        state["emulator"] = start_emulator(state)
+        _save_state(root, state)
     from rehost.lab.siteconfig import write_site_config
 
     write_site_config(LabState(state))
     state["up_seconds"] = round(time.monotonic() - t0, 1)
     _save_state(root, state)
     return LabState(state)
+
+
+def _old_host(lay: HostLayout) -> dict[str, str]:
+    """On plain libvirt, a CentOS 5 host of the lab defines its VMs as an old host would: its
+    QEMU at its own path (which the new hosts lack) and an older machine type than the
+    current one, so that moving a VM means adapting its XML."""
+    bindir = lay.path("var-lib-libvirt") / "bin"
+    bindir.mkdir(parents=True, exist_ok=True)
+    link = bindir / "qemu-kvm"
+    if not link.is_symlink():
+        link.symlink_to("/usr/bin/qemu-system-x86_64")
+    conn = _open(f"qemu+unix:///system?socket={lay.libvirt_socket}")
+    try:
+        caps = conn.getCapabilities()
+    finally:
+        conn.close()
+    versions = sorted({m for m in re.findall(r">(pc-i440fx-\d+\.\d+)<", caps)},
+                      key=lambda m: tuple(int(x) for x in m.rsplit("-", 1)[1].split(".")))
+    if len(versions) < 2:
+        raise LabError(f"lab: {lay.name}'s QEMU offers no older i440fx machine type "
+                       f"({', '.join(versions) or 'none'})")
+    return {"emulator": OLD_EMULATOR, "machine": versions[-2]}
 
 
 def _make_volume(root: Path, desc: LabDescription, state: dict[str, Any]) -> str:

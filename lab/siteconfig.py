@@ -38,6 +38,8 @@ def render_site_config(st: LabState, storage: str | None = None,
         f"config = {_s(data['ssh_config'])}",
         "",
     ]
+    if data.get("control", "abiquo") != "abiquo":
+        lines += ["[control]", f"strategy = {_s(data['control'])}", ""]
     emu = data.get("emulator")
     if emu:
         lines += [

@@ -1,9 +1,10 @@
 """The import rules of the plugin contract, read from the sources:
 
 * a plugin (every built-in plugin module, the example site plugin) imports from rehost only
-  the public module ``rehost.api``, the hook markers, and a library made for it (the Abiquo
-  client ``rehost.abiquo`` for the Abiquo plugins, the reporting helpers for reporters) —
-  never another plugin's module, never the core's internals, never a private name;
+  the public module ``rehost.api``, the hook markers, its own package's modules, and a library
+  made for it (the Abiquo client ``rehost.abiquo`` for the Abiquo plugins, the reporting
+  helpers for reporters) — never another plugin's module, never the core's internals, never a
+  private name;
 * the core imports no Abiquo code and no plugin;
 * the hook specifications import the types module only.
 
@@ -60,7 +61,8 @@ def plugin_violations(source: str, module: str, allowed: tuple[str, ...]) -> lis
         for name in [imported, *(f"{imported}.{n}" for n in names)]:
             if name in PLUGIN_MODULES and name != module and not module.startswith(name + "."):
                 found.append(f"{module} imports the plugin {name}")
-        if imported.startswith("rehost") and not _within(imported, allowed):
+        own = imported.startswith(module + ".")  # a plugin package's own modules
+        if imported.startswith("rehost") and not own and not _within(imported, allowed):
             if not (imported in PLUGIN_MODULES or any(
                     f"{imported}.{n}" in PLUGIN_MODULES for n in names)):
                 found.append(f"{module} imports {imported}, which is not the public API")

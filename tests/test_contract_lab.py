@@ -118,6 +118,20 @@ def notified(log: Path) -> list[tuple[str, ...]]:
     return [tuple(line.split()) for line in log.read_text().splitlines()]
 
 
+def rollback_result(st: LabState, vm: str) -> dict[str, Any]:
+    """What the last finished rollback of a VM returned (the journal's finished stages start
+    over after a rollback)."""
+    from rehost.core.journal import Journal
+
+    j = Journal(st.root / "state")
+    try:
+        found = [e.data for e in j.events(vm) if (e.stage, e.event) == ("rollback", "finish")]
+    finally:
+        j.close()
+    assert found, f"no rollback of {vm} finished"
+    return found[-1]
+
+
 def report(st: LabState) -> dict[str, Any]:
     data: dict[str, Any] = json.loads((st.root / "reports" / "report.json").read_text())
     return data
@@ -200,12 +214,21 @@ def test_rollback_after_a_failure_at_transfer_or_start_puts_the_vms_back_intact(
     else:
         assert all(d["sample"]["blocks"] and d["checksum"] is None for d in preserved)
 
+    # where each failure left the disks: X_BACK on c5-a for both; on c6-a the templates
+    # (xfer) or the user's disks swapped in (boot)
+    src, tgt = shell(st, "c5-a"), shell(st, "c6-a")
+    for name, v in vms.items():
+        for disk in v["disks"]:
+            assert src.checksum(disk["path"] + "_BACK", "sha1") == disk["sha1"]
+            assert (tgt.checksum(disk["path"], "sha1") == disk["sha1"]) is (name == "boot")
+
     back = rehost("rollback", "-c", str(st.site_config), "--vm", "xfer", "--vm", "boot")
     assert back.returncode == 0, back.stdout + back.stderr
-    for name in vms:
+    for name, v in vms.items():
         assert f"{name}: back on c5-a" in back.stdout, back.stdout
+        for disk in v["disks"]:  # the strategy's restore_disks did it
+            assert f"put {disk['path']}_BACK back at {disk['path']}" in back.stdout
 
-    src, tgt = shell(st, "c5-a"), shell(st, "c6-a")
     with abiquo(st) as client:
         for v in vms.values():
             avm = client.find_vm(uuid=v["uuid"])
@@ -227,5 +250,10 @@ def test_rollback_after_a_failure_at_transfer_or_start_puts_the_vms_back_intact(
         assert rows[name]["still_down"] is False
         assert rows[name]["backups_pending"] == []
         assert ("downtime_end", v["domain"]) in notified(log)
-        checked = journal_results(st, v["domain"], "rollback")["disks"]
+        # the strategy's check_restored, as the rollback journaled it
+        checked = rollback_result(st, v["domain"])["disks"]
         assert [d["path"] for d in checked] == [d["path"] for d in v["disks"]]
+        if verify == "checksum":
+            assert [d["checksum"] for d in checked] == [d["sha1"] for d in v["disks"]]
+        else:
+            assert all(d["sample_blocks"] for d in checked)

@@ -281,7 +281,7 @@ def test_a_site_plugin_wins_over_a_trylast_builtin_whatever_the_order() -> None:
     manager2 = PluginManager()
     manager2.register(Silent(), "silent", "in-process", "test")
     manager2.load_builtins(["allocation"])
-    with pytest.raises(AttributeError, match="allocation"):
+    with pytest.raises(AttributeError, match="control"):  # the built-in reads ctx.control
         manager2.hooks.fence(ctx)  # type: ignore[arg-type]
     assert called[-1] == "silent"
 

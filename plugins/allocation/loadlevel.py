@@ -10,11 +10,14 @@ from typing import Any
 
 from rehost.abiquo.site import client, rule_record, source_machines
 from rehost.api import (
+    VM,
     AllocationStrategy,
     ConfigError,
     Context,
     FenceResult,
+    Need,
     StrategyRecord,
+    TargetLoad,
     UnfenceResult,
     hookimpl,
 )
@@ -27,9 +30,27 @@ class LoadLevelFence(AllocationStrategy):
         options = dict(options or {})
         self.cpu = int(options.pop("cpu", 1))
         self.ram = int(options.pop("ram", 1))
+        # without a control plane that places VMs: the load-level rule of each target host
+        self.target_cpu = int(options.pop("target_cpu", 100))
+        self.target_ram = int(options.pop("target_ram", 100))
         if options:
             raise ConfigError(f"unknown key allocation.options.{sorted(options)[0]} for "
-                              "strategy 'loadlevel' (known: cpu, ram)")
+                              "strategy 'loadlevel' (known: cpu, ram, target_cpu, target_ram)")
+
+    def choose_target(self, vm: VM, ctx: Context, need: Need,
+                      targets: list[TargetLoad]) -> str | None:
+        """Without a control plane that places VMs: a load-level rule on each target host
+        (``target_cpu``, ``target_ram`` percent of its CPUs and RAM, 100 by default; more is
+        oversubscription), and the most loaded target that stays within it is filled first
+        (Abiquo's default, PROGRESSIVE), so that whole hosts stay free."""
+        fits = [t for t in targets
+                if (t.used_cpus + need.cpus) * 100 <= t.cpus * self.target_cpu
+                and (t.used_mib + need.memory_mib) * 100 <= t.memory_mib * self.target_ram
+                and need.bytes <= t.free_bytes]
+        if not fits:
+            return None
+        return min(fits, key=lambda t: ((t.cpus - t.used_cpus)
+                                        + (t.memory_mib - t.used_mib) / 512, t.host)).host
 
     def fence(self, ctx: Context) -> FenceResult:
         c = client(ctx)

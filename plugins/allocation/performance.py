@@ -12,11 +12,14 @@ from typing import Any
 
 from rehost.abiquo.site import client, rule_record, rules_on, source_machines
 from rehost.api import (
+    VM,
     AllocationStrategy,
     ConfigError,
     Context,
     FenceResult,
+    Need,
     StrategyRecord,
+    TargetLoad,
     UnfenceResult,
     hookimpl,
 )
@@ -31,6 +34,20 @@ class PerformanceFence(AllocationStrategy):
         if options:
             raise ConfigError(f"unknown key allocation.options.{sorted(options)[0]} for "
                               "strategy 'performance' (known: cpu)")
+
+    def choose_target(self, vm: VM, ctx: Context, need: Need,
+                      targets: list[TargetLoad]) -> str | None:
+        """Without a control plane that places VMs: the target with the most free CPU and
+        RAM (as Abiquo's PERFORMANCE policy ranks, a core against 512 MB) on which the VM fits
+        with no CPU oversubscription beyond ``cpu`` percent, its RAM and its disks."""
+        fits = [t for t in targets
+                if t.used_cpus + need.cpus <= t.cpus * self.cpu / 100
+                and t.used_mib + need.memory_mib <= t.memory_mib and need.bytes <= t.free_bytes]
+        if not fits:
+            return None
+        best = max(fits, key=lambda t: ((t.cpus - t.used_cpus)
+                                        + (t.memory_mib - t.used_mib) / 512, t.free_bytes))
+        return best.host
 
     def fence(self, ctx: Context) -> FenceResult:
         c = client(ctx)

@@ -35,6 +35,9 @@ def rehost_vm_transfer(vm: VM, ctx: Context) -> TransferResult:
 
 @hookimpl(trylast=True)
 def rehost_vm_remove_new_disks(vm: VM, ctx: Context) -> RemoveNewDisksResult:
+    if not ctx.control.deploys_new_disks:
+        return RemoveNewDisksResult(skipped=f"the control plane {ctx.config.control.strategy!r}"
+                                            " creates no new disks")
     result: RemoveNewDisksResult = ctx.storage.remove_new_disks(vm, ctx)
     return result
 
