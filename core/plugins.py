@@ -204,6 +204,9 @@ class PluginManager:
                 if not isinstance(spec, PluginSettings):
                     raise PluginError(f"plugin {plugin_name!r} declared settings that are not "
                                       f"a PluginSettings: {spec!r}")
+                if spec.plugin != plugin_name:
+                    raise PluginError(f"plugin {plugin_name!r} declared the settings of "
+                                      f"{spec.plugin!r}: a plugin declares its own")
                 out.append(spec)
         return out
 

@@ -97,8 +97,8 @@ def rehost_storage_strategies() -> list[StrategyRecord]:
     """Offer storage strategies: how the user's disks get from the source to the target host.
 
     :return: a list of :class:`~rehost.core.model.StrategyRecord` with ``kind="storage"``.
-      Each record's ``factory(options)`` returns an object with the methods of
-      :class:`rehost.core.strategies.StorageStrategy`.
+      Each record's ``factory(options)`` returns an instance of
+      :class:`rehost.api.StorageStrategy` (a subclass; checked when it is built).
 
     Names must be unique across all plugins: a duplicate is an error naming both plugins.
 
@@ -115,8 +115,9 @@ def rehost_allocation_strategies() -> list[StrategyRecord]:
     """Offer allocation strategies: how Abiquo is made to send new deploys to the new hosts.
 
     :return: a list of :class:`~rehost.core.model.StrategyRecord` with ``kind="allocation"``.
-      Each record's ``factory(options)`` returns an object with the methods of
-      :class:`rehost.core.strategies.AllocationStrategy` (``fence``, ``unfence``).
+      Each record's ``factory(options)`` returns an instance of
+      :class:`rehost.api.AllocationStrategy` (``fence``, ``unfence``, and ``choose_target``
+      for control planes that let rehost place VMs).
 
     Example::
 
