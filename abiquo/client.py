@@ -1,8 +1,15 @@
-"""A client for the part of the Abiquo 2.4/2.6 REST API rehost needs (ABIQUO-API.md).
+"""A client for the part of the Abiquo 2.4/2.6 REST API rehost needs (docs/abiquo-api.md).
 
-HTTP Basic authentication, versioned ``application/vnd.abiquo.*+json`` media types, links
-followed by ``rel``, collections paged through their ``next`` links, 202 + task polling with a
-time limit, Abiquo's error bodies turned into :class:`~rehost.abiquo.errors.AbiquoError`.
+HTTP Basic authentication; versioned media types ``application/vnd.abiquo.<entity>+xml`` or
+``+json`` (:mod:`rehost.abiquo.media`): the client asks for one format and reads whichever the
+answer is in; links followed by ``rel``; collections paged through their ``next`` links; 202 +
+task polling with a time limit; Abiquo's error bodies turned into
+:class:`~rehost.abiquo.errors.AbiquoError`.
+
+Which format: ``media = "auto"`` (the default) asks for XML from 2.4 (Abiquo 2.0 serves XML
+only and JSON on 2.4 is not confirmed) and JSON from 2.6 (documented); ``"xml"`` or ``"json"``
+force one. One media type is sent per ``Accept`` (Abiquo's version filter reads the header as
+one media type).
 
 Retries (tenacity, exponential backoff): connection errors and 5xx answers are retried, 4xx never.
 A POST (deploy, undeploy, rule creation) is not idempotent, so it is retried only when the
@@ -25,6 +32,7 @@ import requests
 from loguru import logger
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
+from rehost.abiquo import media as codec
 from rehost.abiquo.errors import AbiquoError
 from rehost.abiquo.types import (
     DEPLOYED,
@@ -45,10 +53,17 @@ from rehost.core.errors import ConfigError
 __all__ = ["DEPLOYED", "AbiquoClient", "Datacenter", "Entity", "FitPolicyRule", "Link",
            "LoadLevelRule", "Machine", "Rack", "Task", "VirtualMachine", "parse"]
 
-MEDIA_PREFIX = "application/vnd.abiquo."
+MEDIA_PREFIX = codec.MEDIA_PREFIX
+VERSIONS = ("2.4", "2.6")
+#: the deploy option that forces the soft limits: renamed in 2.6 (jclouds' 2.3 and 2.6 models)
+DEPLOY_FORCE_FIELD = {"2.4": "forceEnterpriseSoftLimits", "2.6": "forceVdcLimits"}
+#: the VM's media type for one VM and a list of VMs (jclouds' Abiquo provider, 2.3 and 2.6)
+VM_MEDIA = "virtualmachinewithnodeextended"
+VMS_MEDIA = "virtualmachineswithnodeextended"
 #: task states that mean "still running"
 TASK_RUNNING = frozenset({"PENDING", "QUEUEING", "STARTED"})
 TASK_FAILED = frozenset({"FINISHED_UNSUCCESSFULLY", "ABORTED", "ACK_ERROR", "CANCELLED"})
+UNTRACEABLE = "untraceable"
 
 
 # -- transport ----------------------------------------------------------------------------------
@@ -100,15 +115,18 @@ def _retryable(method: str) -> Any:
 
 
 def error_from_response(resp: requests.Response) -> AbiquoError:
-    """Abiquo's ``{"collection": [{"code", "message"}]}``, or what the answer was instead."""
+    """Abiquo's errors (``<errors><error><code/><message/>`` in XML,
+    ``{"collection": [{"code", "message"}]}`` in JSON), or what the answer was instead."""
     code, message = f"{resp.status_code}", (resp.reason or "")
     try:
-        body = resp.json()
+        body = codec.decode(resp.content, resp.headers.get("Content-Type", ""), collection=True)
         errors = body.get("collection") if isinstance(body, dict) else None
-        if errors:
-            code = str(errors[0].get("code", code))
-            message = "; ".join(str(e.get("message", "")) for e in errors)
-    except ValueError:
+        if errors and isinstance(errors[0], dict):
+            code = str(errors[0].get("code") or code)
+            message = "; ".join(str(e.get("message") or "") for e in errors)
+        elif resp.text.strip():
+            message = resp.text.strip()[:300]
+    except codec.MediaError:
         text = resp.text.strip()
         if text:
             message = text[:300]
@@ -125,6 +143,7 @@ class AbiquoClient:
         password: str,
         *,
         version: str = "2.6",
+        media: str = "auto",
         verify_tls: bool | str = True,
         timeout: float = 30.0,
         connect_timeout: float = 10.0,
@@ -139,9 +158,13 @@ class AbiquoClient:
             raise ConfigError(f"abiquo url must be http(s)://HOST/api, not {url!r}")
         if parts.username or parts.password:
             raise ConfigError("abiquo url must not hold credentials: give user and password")
+        if media not in ("auto", "xml", "json"):
+            raise ConfigError(f"abiquo media must be auto, xml or json, not {media!r}")
         self.url = url.rstrip("/")
         self.user = user
         self.version = version
+        #: the format asked for: XML from 2.4 (JSON unconfirmed there), JSON from 2.6
+        self.format = media if media != "auto" else ("xml" if version < "2.6" else "json")
         self.verify_tls = verify_tls
         self.timeout = (connect_timeout, timeout)
         self.retries = max(1, retries)
@@ -155,7 +178,8 @@ class AbiquoClient:
         self._session.verify = verify_tls
 
     def __repr__(self) -> str:
-        return f"AbiquoClient(url={self.url!r}, user={self.user!r}, version={self.version!r})"
+        return (f"AbiquoClient(url={self.url!r}, user={self.user!r}, version={self.version!r}, "
+                f"format={self.format!r})")
 
     __str__ = __repr__
 
@@ -171,7 +195,13 @@ class AbiquoClient:
     # -- requests -------------------------------------------------------------------------------
 
     def media(self, entity: str) -> str:
-        return f"{MEDIA_PREFIX}{entity}+json; version={self.version}"
+        return codec.media_type(entity, self.format, self.version)
+
+    @property
+    def global_vm_list(self) -> bool:
+        """Whether ``GET /cloud/virtualmachines`` exists (2.6; not confirmed on 2.4). It lists
+        only what the caller's enterprise may see: never the way to find every VM of a host."""
+        return self.version >= "2.6"
 
     def absolute(self, href: str) -> str:
         """A link's href as a full URL: absolute as given, ``/api/...`` on the API's host,
@@ -181,11 +211,17 @@ class AbiquoClient:
     def request(self, method: str, href: str, *, accept: str | None = None,
                 content: str | None = None, body: Any = None,
                 params: dict[str, Any] | None = None) -> requests.Response:
-        """One call, with retries; raises :class:`AbiquoError` for any answer >= 400."""
+        """One call, with retries; raises :class:`AbiquoError` for any answer >= 400. ``body``
+        is the JSON shape (encoded in the client's format as the entity ``content``), or bytes
+        already encoded in that format."""
         url = self.absolute(href)
-        headers = {"Accept": self.media(accept) if accept else "application/json"}
+        headers = {"Accept": self.media(accept) if accept else "*/*"}
+        data: bytes | None = None
         if content:
             headers["Content-Type"] = self.media(content)
+            if body is not None:
+                data = body if isinstance(body, bytes) else codec.encode(content, body,
+                                                                         self.format)
         retrying = Retrying(
             stop=stop_after_attempt(self.retries),
             wait=wait_exponential(multiplier=self.backoff, max=30),
@@ -199,15 +235,15 @@ class AbiquoClient:
         try:
             for attempt in retrying:
                 with attempt:
-                    return self._send(method, url, headers, body, params)
+                    return self._send(method, url, headers, data, params)
         except requests.RequestException as exc:
             raise AbiquoError(None, "CONNECTION", f"{type(exc).__name__}: {exc}", url) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _send(self, method: str, url: str, headers: dict[str, str], body: Any,
+    def _send(self, method: str, url: str, headers: dict[str, str], data: bytes | None,
               params: dict[str, Any] | None) -> requests.Response:
         t0 = time.monotonic()
-        resp = self._session.request(method, url, headers=headers, json=body, params=params,
+        resp = self._session.request(method, url, headers=headers, data=data, params=params,
                                      timeout=self.timeout)
         logger.debug("abiquo: {} {} -> {} ({:.0f} ms)", method, resp.url, resp.status_code,
                      (time.monotonic() - t0) * 1000)
@@ -215,9 +251,18 @@ class AbiquoClient:
             raise error_from_response(resp)
         return resp
 
-    def get(self, href: str, accept: str, params: dict[str, Any] | None = None) -> Any:
+    @staticmethod
+    def decode(resp: requests.Response, collection: bool | None = None) -> Any:
+        """An answer's body in the JSON shape, from XML or JSON."""
+        try:
+            return codec.decode(resp.content, resp.headers.get("Content-Type", ""), collection)
+        except codec.MediaError as exc:
+            raise AbiquoError(resp.status_code, "MEDIA", str(exc), resp.url) from exc
+
+    def get(self, href: str, accept: str, params: dict[str, Any] | None = None,
+            collection: bool | None = None) -> Any:
         resp = self.request("GET", href, accept=accept, params=params)
-        return resp.json() if resp.content else None
+        return self.decode(resp, collection) if resp.content else None
 
     def follow(self, entity: Entity, rel: str, accept: str) -> Any:
         """GET the target of ``entity``'s link ``rel``."""
@@ -231,7 +276,7 @@ class AbiquoClient:
         next_href: str | None = href
         while next_href and next_href not in seen:
             seen.add(next_href)
-            page = self.get(next_href, accept, query)
+            page = self.get(next_href, accept, query, collection=True) or {}
             query = None  # the next link carries its own query
             yield from page.get("collection") or []
             nxt = next((x for x in parse_links(page) if x.rel == "next"), None)
@@ -258,40 +303,84 @@ class AbiquoClient:
         """``HALTED`` disables a machine (no deploys); ``MANAGED`` enables it again (Abiquo
         checks the hypervisor first: the state returned may be another, e.g. ``STOPPED``).
 
-        A PUT replaces the whole machine, so the body is read with ``?credentials=true``:
-        read without, it carries no hypervisor login, and would wipe the one Abiquo keeps.
-        That body is never logged."""
-        current = self.get(machine.url, "machine", params={"credentials": "true"})
-        current["state"] = state
+        A PUT sends the whole machine: it is read just before and sent back as read, with only
+        its state changed (an XML body element for element), so that the fields Abiquo does
+        write (name, description, the IPMI fields) keep their values. Abiquo never writes the
+        hypervisor login from a PUT, so it is not read (no ``?credentials=true``)."""
+        resp = self.request("GET", machine.url, accept="machine")
+        if codec.format_of(resp.headers.get("Content-Type", ""), resp.content) == "xml" \
+                and self.format == "xml":
+            body: Any = codec.set_xml_field(resp.content, "state", state)
+        else:
+            body = self.decode(resp)
+            body["state"] = state
         resp = self.request("PUT", machine.href("edit"), accept="machine", content="machine",
-                            body=current)
-        return parse(Machine, resp.json()) if resp.content else self.machine(machine.url)
+                            body=body)
+        return parse(Machine, self.decode(resp)) if resp.content else self.machine(machine.url)
 
     def check_machine_state(self, machine: Machine) -> str:
         return str(self.follow(machine, "checkstate", "machinestate")["state"])
 
     # -- virtual machines -----------------------------------------------------------------------
 
-    def virtual_machines(self, machine: Machine | None = None) -> list[VirtualMachine]:
-        """Every VM (``/cloud/virtualmachines``), or those deployed on ``machine``."""
-        href = machine.href("virtualmachines") if machine else "cloud/virtualmachines"
+    def machine_vms(self, machine: Machine) -> list[VirtualMachine]:
+        """Every VM on ``machine``, of every tenant (its link rel ``virtualmachines``; the
+        admin's view, as in Abiquo 2.0 and since). A VM Abiquo found on the hypervisor but
+        does not manage has no link to a VM of its own (``url`` is empty)."""
         return [parse(VirtualMachine, v)
-                for v in self.collection(href, "virtualmachineswithnodeextended")]
+                for v in self.collection(machine.href("virtualmachines"), VMS_MEDIA)]
+
+    def virtual_machines(self, machine: Machine | None = None) -> list[VirtualMachine]:
+        """The VMs on ``machine`` (every tenant's); without a machine, the VMs of every
+        machine, then those on none (not deployed) that the caller's enterprise may see:
+        ``/cloud/virtualmachines`` on 2.6, the virtual datacenters' appliances on 2.4."""
+        if machine is not None:
+            return self.machine_vms(machine)
+        found: dict[str, VirtualMachine] = {}
+        for m in self.machines():
+            for v in self.machine_vms(m):
+                if v.url:
+                    found.setdefault(self.absolute(v.url), v)
+        for v in self._cloud_vms():
+            found.setdefault(self.absolute(v.url), v)
+        return list(found.values())
+
+    def _cloud_vms(self) -> Iterator[VirtualMachine]:
+        if self.global_vm_list:
+            for v in self.collection("cloud/virtualmachines", VMS_MEDIA):
+                yield parse(VirtualMachine, v)
+            return
+        for vdc in self.collection("cloud/virtualdatacenters", "virtualdatacenters"):
+            for vapp in self.collection(Entity(links=parse_links(vdc)).href(
+                    "virtualappliances"), "virtualappliances"):
+                for v in self.collection(Entity(links=parse_links(vapp)).href(
+                        "virtualmachines"), VMS_MEDIA):
+                    yield parse(VirtualMachine, v)
 
     def find_vm(self, *, uuid: str | None = None, name: str | None = None) -> VirtualMachine:
-        """The VM with this uuid, or this name (``ABQ_<uuid>``) or label."""
+        """The VM with this uuid, or this name (its domain's name, or ``nodeName``): first on
+        the machines (every tenant's VMs), then among the VMs on none."""
         if not uuid and not name:
             raise ValueError("find_vm needs a uuid or a name")
-        for vm in self.virtual_machines():
-            if (uuid and vm.uuid == uuid) or (name and name in (vm.name, vm.label)):
-                return vm
+
+        def match(vm: VirtualMachine) -> bool:
+            return bool((uuid and vm.uuid == uuid)
+                        or (name and name in (vm.name, vm.nodeName, vm.label)))
+
+        for m in self.machines():
+            for vm in self.machine_vms(m):
+                if vm.url and match(vm):
+                    return self.vm(vm)
+        for vm in self._cloud_vms():
+            if match(vm):
+                return self.vm(vm)
         wanted = f"uuid {uuid}" if uuid else f"name {name!r}"
         raise AbiquoError(404, "VM-1", f"no virtual machine with {wanted}", self.url)
 
     def vm(self, vm: VirtualMachine | str) -> VirtualMachine:
         """The VM as Abiquo shows it now."""
         href = vm if isinstance(vm, str) else vm.url
-        return parse(VirtualMachine, self.get(href, "virtualmachine"))
+        return parse(VirtualMachine, self.get(href, VM_MEDIA))
 
     def vm_machine(self, vm: VirtualMachine) -> Machine | None:
         """The machine a VM is deployed on (its link rel ``machine``), or None."""
@@ -303,8 +392,11 @@ class AbiquoClient:
 
     def deploy(self, vm: VirtualMachine, *, wait: bool = True,
                timeout: float | None = None) -> Task:
-        return self._action(vm, "POST", "deploy", "virtualmachinetask",
-                            {"forceEnterpriseSoftLimits": False}, wait, timeout)
+        """Deploy with the soft limits not forced, in the option's name for the version
+        (``forceEnterpriseSoftLimits`` up to 2.4, ``forceVdcLimits`` from 2.6)."""
+        field = DEPLOY_FORCE_FIELD.get(self.version, "forceVdcLimits")
+        return self._action(vm, "POST", "deploy", "virtualmachinetask", {field: False}, wait,
+                            timeout)
 
     def undeploy(self, vm: VirtualMachine, *, force: bool = False, wait: bool = True,
                  timeout: float | None = None) -> Task:
@@ -327,14 +419,20 @@ class AbiquoClient:
                 wait: bool, timeout: float | None) -> Task:
         resp = self.request(method, vm.href(rel), accept="acceptedrequest", content=content,
                             body=body)
-        accepted = resp.json() if resp.content else {}
+        accepted = (self.decode(resp) if resp.content else None) or {}
         link = next((x for x in parse_links(accepted) if x.rel in ("status", "task")), None)
         if link is None:
             raise AbiquoError(resp.status_code, "TASK-LINK", "the API accepted the request "
                               "but gave no task link (rel status or task)", resp.url)
-        logger.info("abiquo: {} {} accepted: {}", rel, vm.name, accepted.get("message", ""))
+        status = Link("status", link.href, link.type, link.title)
+        logger.info("abiquo: {} {} accepted: {}", rel, vm.name, accepted.get("message") or "")
+        if link.href.rstrip("/").rsplit("/", 1)[-1] == UNTRACEABLE:
+            # nothing was done (e.g. the VM is not on a hypervisor): no task to wait for
+            logger.info("abiquo: {} {}: nothing to do (untraceable task)", rel, vm.name)
+            return Task(links=[status], raw=accepted, taskId=UNTRACEABLE, state="UNTRACEABLE",
+                        type=rel.upper())
         if not wait:
-            return Task(links=[link], raw=accepted, state="PENDING")
+            return Task(links=[status], raw=accepted, state="PENDING")
         return self.wait_task(link.href, timeout=timeout)
 
     def task(self, href: str) -> Task:
@@ -390,7 +488,7 @@ class AbiquoClient:
                 "links": [Link(rel, target.url).to_dict()]}
         resp = self.request("POST", "admin/rules/machineLoadLevel", accept="machineloadrule",
                             content="machineloadrule", body=body)
-        return parse(LoadLevelRule, resp.json())
+        return parse(LoadLevelRule, self.decode(resp))
 
     def delete_load_level_rule(self, rule: LoadLevelRule) -> None:
         self.request("DELETE", rule.url)
@@ -407,7 +505,7 @@ class AbiquoClient:
             body["links"] = [Link("datacenter", datacenter.url).to_dict()]
         resp = self.request("POST", "admin/rules/fitsPolicy", accept="fitpolicyrule",
                             content="fitpolicyrule", body=body)
-        return parse(FitPolicyRule, resp.json())
+        return parse(FitPolicyRule, self.decode(resp))
 
     def delete_fit_policy_rule(self, rule: FitPolicyRule) -> None:
         self.request("DELETE", rule.url)

@@ -35,7 +35,7 @@ def client(ctx: Context) -> AbiquoClient:
         if found is None:
             a = settings(ctx)
             found = AbiquoClient(
-                a.url, a.user, a.password(), version=a.version,
+                a.url, a.user, a.password(), version=a.version, media=a.media,
                 verify_tls=(a.ca_file or True) if a.verify_tls else False,
                 timeout=a.timeout, task_timeout=ctx.config.campaign.task_timeout)
             _clients[ctx] = found
@@ -79,3 +79,50 @@ def rules_on(ctx: Context, machines: list[Machine]) -> list[LoadLevelRule]:
     return [r for r in c.load_level_rules()
             if r.target is not None and r.target.rel == "machine"
             and c.absolute(r.target.href) in urls]
+
+
+def set_machine_rule(ctx: Context, machine: Machine, *, cpu: int, ram: int) -> dict[str, Any]:
+    """Make a ``cpu``% / ``ram``% load-level rule the only one on ``machine``; returns its
+    record, with the rules it replaced (``replaced``) to create again by
+    :func:`undo_machine_rule`.
+
+    A rule the machine already has is changed, not doubled: later Abiquo documentation allows
+    one rule per element and level, and 2.x may refuse a second one. Abiquo 2.x has no PUT
+    for a rule (2.0: GET and DELETE only), so the rule is deleted and the new one created; if
+    the creation fails, the old rule is created again before the error goes on."""
+    c = client(ctx)
+    old = rules_on(ctx, [machine])
+    replaced = [rule_record(ctx, r) for r in old]
+    for r, rec in zip(old, replaced, strict=True):
+        ctx.log.info("{}: its load-level rule (CPU {}%, RAM {}%) is changed for the campaign "
+                     "and put back after", machine.name, rec["cpu"], rec["ram"])
+        c.delete_load_level_rule(r)
+    try:
+        rule = c.create_load_level_rule(machine, cpu=cpu, ram=ram)
+    except Exception:
+        for rec in replaced:
+            c.create_load_level_rule(machine, cpu=rec["cpu"], ram=rec["ram"])
+        raise
+    return rule_record(ctx, rule) | {"machine": machine.name, "replaced": replaced}
+
+
+def undo_machine_rule(ctx: Context,
+                      record: dict[str, Any]) -> tuple[bool, list[dict[str, Any]]]:
+    """Delete the rule :func:`set_machine_rule` made (if it is still there) and create again
+    the rules it replaced, unless the machine has a rule again (an earlier, interrupted undo
+    got that far). Returns whether the rule was deleted, and the rules created again."""
+    c = client(ctx)
+    deleted = False
+    for rule in c.load_level_rules():
+        if c.absolute(rule.url) == record["url"]:
+            c.delete_load_level_rule(rule)
+            deleted = True
+    replaced = record.get("replaced") or []
+    if not replaced:
+        return deleted, []
+    machine = next((m for m in c.machines() if c.absolute(m.url) == record["target"]), None)
+    if machine is None or rules_on(ctx, [machine]):
+        return deleted, []
+    return deleted, [rule_record(ctx, c.create_load_level_rule(machine, cpu=rec["cpu"],
+                                                               ram=rec["ram"]))
+                     for rec in replaced]

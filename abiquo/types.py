@@ -1,5 +1,8 @@
-"""Typed views of the Abiquo objects rehost reads (ABIQUO-API.md), field names exactly as
-Abiquo spells them. Every view keeps its links and the whole body as received (``raw``)."""
+"""Typed views of the Abiquo objects rehost reads (docs/abiquo-api.md), field names exactly as
+Abiquo spells them. Every view keeps its links and the whole body as received (``raw``).
+
+Bodies come decoded by :mod:`rehost.abiquo.media` in the JSON shape; from XML every value is
+text, so :func:`parse` turns the fields typed ``int`` into integers."""
 
 from __future__ import annotations
 
@@ -8,7 +11,9 @@ from typing import Any, TypeVar
 
 from rehost.abiquo.errors import AbiquoError
 
-DEPLOYED = frozenset({"ON", "OFF", "PAUSED"})
+#: the states of a VM that exists on its hypervisor (Abiquo's ``existsInHypervisor``):
+#: CONFIGURED is defined there and was never powered on since it was (re)configured
+DEPLOYED = frozenset({"ON", "OFF", "PAUSED", "CONFIGURED"})
 
 
 # -- typed views of Abiquo's objects (field names exactly as Abiquo spells them) ---------------
@@ -57,9 +62,19 @@ class Entity:
 E = TypeVar("E", bound=Entity)
 
 
+def _typed(value: Any, annotation: Any) -> Any:
+    """XML gives text: a field typed ``int`` gets an integer (text that is none stays)."""
+    if isinstance(value, str) and str(annotation).startswith("int"):
+        try:
+            return int(value)
+        except ValueError:
+            return value
+    return value
+
+
 def parse(cls: type[E], data: dict[str, Any]) -> E:
     """Build a typed view from an Abiquo body; unknown fields stay in ``raw``."""
-    kwargs: dict[str, Any] = {f.name: data.get(f.name) for f in fields(cls)
+    kwargs: dict[str, Any] = {f.name: _typed(data.get(f.name), f.type) for f in fields(cls)
                               if f.name not in ("links", "raw")}
     return cls(links=parse_links(data), raw=dict(data), **kwargs)
 
@@ -93,8 +108,12 @@ class Machine(Entity):
 
 @dataclass
 class VirtualMachine(Entity):
+    """A VM as ``virtualmachinewithnodeextended`` shows it (2.4/2.6). ``name`` is its domain's
+    name on the hypervisor; ``nodeName`` the name users gave it (``label`` is Abiquo 3.x's)."""
+
     id: int | None = None
     name: str | None = None
+    nodeName: str | None = None
     label: str | None = None
     description: str | None = None
     uuid: str | None = None
@@ -107,6 +126,25 @@ class VirtualMachine(Entity):
     def deployed(self) -> bool:
         return self.state in DEPLOYED
 
+    @property
+    def display_name(self) -> str:
+        """The name users know it by: ``nodeName`` (``label`` on 3.x), else the domain's."""
+        return self.nodeName or self.label or self.name or ""
+
+    @property
+    def captured(self) -> bool:
+        """Captured (imported) into Abiquo rather than created by it: Abiquo names the domains
+        it creates ``ABQ_<uuid>``; a captured VM keeps its hypervisor name. When a captured
+        VM's domain disappears, Abiquo deletes the VM's record (it cannot deploy it again)."""
+        return bool(self.name) and self.name != f"ABQ_{self.uuid}"
+
+    @property
+    def url(self) -> str:
+        """The VM's own address: rel ``edit``; in a machine's list of VMs (which shows the
+        infrastructure view) the link rel ``virtualmachine`` to the VM itself."""
+        found = self.link("edit") or self.link("virtualmachine") or self.link("self")
+        return found.href if found else ""
+
 
 @dataclass
 class Task(Entity):
@@ -117,6 +155,12 @@ class Task(Entity):
     state: str | None = None
     timestamp: int | None = None
     jobs: Any = None
+
+    @property
+    def untraceable(self) -> bool:
+        """Abiquo accepted the request but had nothing to do (e.g. undeploying a VM that is
+        not on a hypervisor): its task link is ``.../tasks/untraceable``."""
+        return self.taskId == "untraceable"
 
     @property
     def failed_jobs(self) -> list[dict[str, Any]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import tomllib
 import uuid as uuidlib
 from dataclasses import dataclass, field
@@ -42,10 +43,14 @@ class LabVM:
     running: bool = True
     #: the domain's name: Abiquo names it ABQ_<uuid>; on plain libvirt it is the VM's name
     abiquo: bool = True
+    #: captured (imported) into Abiquo: its domain keeps its own name (the VM's name)
+    captured: bool = False
+    #: defined and never started: the emulator shows it CONFIGURED
+    configured: bool = False
 
     @property
     def domain(self) -> str:
-        return f"ABQ_{self.uuid}" if self.abiquo else self.name
+        return f"ABQ_{self.uuid}" if self.abiquo and not self.captured else self.name
 
 
 @dataclass
@@ -68,12 +73,24 @@ class LabDescription:
     source: str = ""
     #: ``abiquo`` (the API emulator runs) or ``libvirt`` (plain libvirt hosts, no emulator)
     control: str = "abiquo"
+    #: the Abiquo version the emulator plays: ``2.4`` (XML only, 2.0's field names) or ``2.6``
+    abiquo: str = "2.6"
 
     def host(self, name: str) -> LabHost:
         for h in self.hosts:
             if h.name == name:
                 return h
         raise KeyError(name)
+
+
+#: the Abiquo versions the emulator plays
+ABIQUO_PROFILES = ("2.4", "2.6")
+
+
+def default_abiquo_profile() -> str:
+    """``[lab] abiquo`` when the description does not say: REHOST_LAB_ABIQUO, else 2.6 (so
+    that a whole test suite can be run against the other profile)."""
+    return os.environ.get("REHOST_LAB_ABIQUO") or "2.6"
 
 
 def _stable_uuid(lab: str, name: str) -> str:
@@ -96,12 +113,17 @@ def parse_description(text: str, source: str = "<string>") -> LabDescription:
     _check_keys("", data, {"lab", "hosts", "vms"})
     lab = data.get("lab", {})
     _check_keys("lab.", lab, {"name", "network", "datastore", "shared_datastore", "volume_mib",
-                              "control"})
+                              "control", "abiquo"})
     name = str(lab.get("name", "lab"))
     control = str(lab.get("control", "abiquo"))
     if control not in ("abiquo", "libvirt"):
         raise ConfigError(f"lab description: lab.control is {control!r}: choose abiquo (an "
                           "Abiquo API emulator runs) or libvirt (plain libvirt hosts)")
+    abiquo = str(lab.get("abiquo") or default_abiquo_profile())
+    if abiquo not in ABIQUO_PROFILES:
+        raise ConfigError(f"lab description: lab.abiquo is {abiquo!r}: choose "
+                          f"{' or '.join(ABIQUO_PROFILES)} (the Abiquo version the emulator "
+                          "plays)")
     hosts: list[LabHost] = []
     for i, h in enumerate(data.get("hosts", [])):
         _check_keys(f"hosts[{i}].", h, {"name", "os", "cpus", "ram_mib"})
@@ -120,7 +142,7 @@ def parse_description(text: str, source: str = "<string>") -> LabDescription:
     vms: list[LabVM] = []
     for i, v in enumerate(data.get("vms", [])):
         _check_keys(f"vms[{i}].", v, {"name", "host", "uuid", "cpu", "ram_mib", "disks", "volume",
-                                      "running"})
+                                      "running", "captured", "configured"})
         if v.get("host") not in names:
             raise ConfigError(f"lab description: vms[{i}].host {v.get('host')!r} is not a host")
         disks = []
@@ -133,8 +155,10 @@ def parse_description(text: str, source: str = "<string>") -> LabDescription:
         vname = str(v.get("name", f"vm{i + 1}"))
         vms.append(LabVM(vname, str(v["host"]), str(v.get("uuid") or _stable_uuid(name, vname)),
                          int(v.get("cpu", 1)), int(v.get("ram_mib", 32)), disks,
-                         bool(v.get("volume", False)), bool(v.get("running", True)),
-                         abiquo=control == "abiquo"))
+                         bool(v.get("volume", False)),
+                         bool(v.get("running", True)) and not v.get("configured"),
+                         abiquo=control == "abiquo", captured=bool(v.get("captured")),
+                         configured=bool(v.get("configured"))))
     return LabDescription(
         name=name,
         network=str(lab.get("network") or default_network()),
@@ -145,6 +169,7 @@ def parse_description(text: str, source: str = "<string>") -> LabDescription:
         vms=vms,
         source=source,
         control=control,
+        abiquo=abiquo,
     )
 
 

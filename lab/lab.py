@@ -314,12 +314,15 @@ def up(description_path: str | Path | None = None, root: Path | None = None) -> 
         state["vms"].append({"name": vm.name, "uuid": vm.uuid, "domain": vm.domain,
                              "host": vm.host, "cpu": vm.cpu, "ram_mib": vm.ram_mib,
                              "disks": disks, "volume": volume_dev if vm.volume else None,
-                             "running": vm.running})
+                             "running": vm.running, "captured": vm.captured,
+                             "configured": vm.configured})
         _save_state(root, state)
 
     state["ssh_config"] = str(ssh_config)
     state["site_config"] = str(root / "site.toml")
     state["control"] = desc.control
+    if desc.control == "abiquo":
+        state["abiquo"] = desc.abiquo  # the emulator's version profile
     _save_state(root, state)
     if desc.control == "abiquo":
         from rehost.lab.emulator.process import start_emulator

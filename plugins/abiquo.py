@@ -24,7 +24,13 @@ from typing import TYPE_CHECKING
 
 from rehost.abiquo.compat import check_compatibility
 from rehost.abiquo.settings import SETTINGS
-from rehost.abiquo.site import client, machine_host, settings
+from rehost.abiquo.site import (
+    client,
+    machine_host,
+    set_machine_rule,
+    settings,
+    undo_machine_rule,
+)
 from rehost.abiquo.types import DEPLOYED
 from rehost.api import (
     VM,
@@ -49,20 +55,15 @@ from rehost.api import (
 )
 
 if TYPE_CHECKING:
-    from rehost.abiquo.client import AbiquoClient
-    from rehost.abiquo.types import Machine, VirtualMachine
+    from rehost.abiquo.types import VirtualMachine
 
 
-def _machines_by_url(c: AbiquoClient) -> dict[str, Machine]:
-    return {c.absolute(m.url): m for m in c.machines()}
+#: a VM in these states is still selected: preflight says what is wrong with it
+_SELECTABLE = DEPLOYED | {"LOCKED", "UNKNOWN"}
 
 
-def _vm_machine(c: AbiquoClient, vm: VirtualMachine,
-                machines: dict[str, Machine]) -> Machine | None:
-    link = vm.link("machine")
-    if link is None:
-        return None
-    return machines.get(c.absolute(link.href)) or c.machine(link.href)
+def _name(avm: VirtualMachine) -> str:
+    return avm.display_name or f"ABQ_{avm.uuid}"
 
 
 class AbiquoControl(ControlPlane):
@@ -122,26 +123,35 @@ class AbiquoControl(ControlPlane):
         return found
 
     def select_vms(self, ctx: Context) -> list[VM]:
-        """Every VM deployed on a source host (or those named in ``campaign.vms``), and every
-        VM the journal already knows (a resumed campaign keeps its VMs wherever they are)."""
+        """Every VM on a source host (or those named in ``campaign.vms``: by domain name,
+        uuid or ``nodeName``), and every VM the journal already knows (a resumed campaign
+        keeps its VMs wherever they are). The VMs of a host are read from its machine's own
+        list, which shows every tenant's VMs. The VM's domain is its Abiquo ``name``
+        (``ABQ_<uuid>``, or a captured VM's own name: the preflight refuses those)."""
         c = client(ctx)
-        machines = _machines_by_url(c)
-        sources = {h.name for h in ctx.config.sources()}
         wanted = ctx.config.campaign.vms
         known = {r["name"]: VM.from_dict(r["vm"]) for r in ctx.journal.vm_rows()}
+        known_uuids = {v.uuid for v in known.values()}
         out: list[VM] = list(known.values())
-        for avm in c.virtual_machines():
-            uuid = avm.uuid or ""
-            name = f"ABQ_{uuid}"
-            if name in known:
+        sources = {h.name for h in ctx.config.sources()}
+        for machine in c.machines():
+            host = machine_host(ctx, machine)
+            if host not in sources:
                 continue
-            if wanted != "all" and not ({name, uuid, avm.name, avm.label} & set(wanted)):
-                continue
-            host = machine_host(ctx, _vm_machine(c, avm, machines))
-            if host not in sources or avm.state not in DEPLOYED | {"LOCKED", "UNKNOWN"}:
-                continue
-            out.append(VM(name=name, uuid=uuid, label=avm.label or avm.name or name,
-                          control_ref=c.absolute(avm.url), source_host=host))
+            for avm in c.machine_vms(machine):
+                if not avm.url or avm.state not in _SELECTABLE:
+                    continue  # not an Abiquo VM (found on the host, not managed), or gone
+                if not avm.nodeName and not avm.label:
+                    avm = c.vm(avm)  # the list did not carry the name users know
+                uuid = avm.uuid or ""
+                name = avm.name or f"ABQ_{uuid}"
+                if name in known or uuid in known_uuids:
+                    continue
+                if wanted != "all" and not ({name, uuid, avm.nodeName, avm.label}
+                                            & set(wanted)):
+                    continue
+                out.append(VM(name=name, uuid=uuid, label=_name(avm),
+                              control_ref=c.absolute(avm.url), source_host=host))
         return out
 
     # -- preflight ----------------------------------------------------------------------------
@@ -184,6 +194,7 @@ class AbiquoControl(ControlPlane):
 
     def check_vms(self, ctx: Context) -> list[Finding]:
         c = client(ctx)
+        a = settings(ctx)
         findings: list[Finding] = []
         by_host = {machine_host(ctx, m): m for m in c.machines()}
         for host in ctx.config.hosts.values():
@@ -207,6 +218,21 @@ class AbiquoControl(ControlPlane):
                 findings.append(Finding("critical", "vm-state",
                                         f"is {avm.state} in Abiquo: wait until it is not",
                                         vm=vm.label or vm.name))
+            elif avm.state == "CONFIGURED" and vm.name not in started:
+                findings.append(Finding(
+                    "warning", "configured",
+                    "is CONFIGURED in Abiquo (defined on its host, not powered on since it was "
+                    "last configured): it moves like a VM that is OFF, and is powered on on the "
+                    "target host at the end", vm=vm.label or vm.name))
+            if avm.captured and vm.name not in started:
+                findings.append(Finding(
+                    "critical", "captured",
+                    f"was captured into Abiquo (its domain is {avm.name!r}, not ABQ_<uuid>): "
+                    "once its domain is undefined on the source host, Abiquo deletes the VM's "
+                    "record instead of marking it NOT_ALLOCATED, so it cannot be deployed on "
+                    f"the target host; refused (abiquo.captured = {a.captured!r}). Leave it out "
+                    "(name the other VMs with --vm or campaign.vms) and move it by hand",
+                    vm=vm.label or vm.name))
             if vm.source_host in sources:
                 need_cpu += avm.cpu or 0
                 need_ram += avm.ram or 0
@@ -261,7 +287,7 @@ class AbiquoControl(ControlPlane):
             raise PreconditionError(f"Abiquo says {vm.name} is on {host}, but libvirt there has "
                                     "no such domain")
         vm.source_host = host
-        vm.label = vm.label or avm.label or avm.name or vm.name
+        vm.label = vm.label or _name(avm)
         return LocateResult(host=host, abiquo_state=avm.state,
                             libvirt_state=hv.state(vm.name), cpu=avm.cpu, ram=avm.ram)
 
@@ -379,16 +405,19 @@ class AbiquoControl(ControlPlane):
                               abiquo_state=c.vm(avm).state, libvirt_state=state)
 
     def _deploy_pinned(self, ctx: Context, avm: VirtualMachine, src: str) -> None:
-        """Deploy the VM on ``src`` only: 1% rules on every other machine meanwhile."""
+        """Deploy the VM on ``src`` only: a 1% rule on every other machine meanwhile (a rule a
+        machine has is changed, then put back, never doubled)."""
         c = client(ctx)
         others = [m for m in c.machines()
                   if machine_host(ctx, m) != src and m.state == "MANAGED"]
-        pins = [c.create_load_level_rule(m, cpu=1, ram=1) for m in others]
+        pins = []
         try:
+            for m in others:
+                pins.append(set_machine_rule(ctx, m, cpu=1, ram=1))
             c.deploy(avm, timeout=ctx.config.campaign.task_timeout)
         finally:
-            for rule in pins:
-                c.delete_load_level_rule(rule)
+            for rec in reversed(pins):
+                undo_machine_rule(ctx, rec)
         landed = machine_host(ctx, c.vm_machine(avm))
         if landed != src:
             raise PreconditionError(f"the deploy landed on {landed}, not on {src}: the user's "

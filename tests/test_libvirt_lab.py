@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -69,7 +70,9 @@ def test_a_campaign_moves_every_vm_to_the_new_hosts(make_lab, strategy: str,
     assert "emulator" not in st.data  # no Abiquo here
     old_xml = virsh(st, "old-a", "dumpxml", "web-1")
     assert OLD_EMULATOR in old_xml
-    add_to_site_config(st, f'[storage]\nstrategy = "{strategy}"')
+    cfg = st.site_config.read_text()
+    st.site_config.write_text(re.sub(r'(\[storage\]\nstrategy = )"[^"]*"',
+                                     rf'\1"{strategy}"', cfg))
 
     plan = json.loads(rehost("plan", "-c", str(st.site_config), "--json").stdout)
     assert plan["ok"] and plan["control"] == "libvirt"

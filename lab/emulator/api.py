@@ -2,7 +2,11 @@
 :class:`~rehost.lab.emulator.service.Emulator` and to the inventory's JSON shapes.
 
 Each handler answers ``(status, entity, body)``; a list body is a collection, which the HTTP
-layer (:mod:`.server`) pages. Errors are :class:`~rehost.lab.emulator.service.ApiError`.
+layer (:mod:`.server`) pages. Errors are :class:`~rehost.lab.emulator.service.ApiError`; a
+redirection (``303 See Other``) is :class:`SeeOther`.
+
+Bodies arrive decoded in the JSON shape (from XML every value is text). Profile ``2.4`` has
+no ``/cloud/virtualmachines`` (404).
 """
 
 from __future__ import annotations
@@ -23,6 +27,22 @@ VM = VAPP + r"/virtualmachines/(?P<vm>\d+)"
 
 Answer = tuple[int, str, Any]  # status, entity (for the media type), body
 Route = Callable[["Api", dict[str, str], Any], Answer]
+
+#: the deploy option each profile knows (its name changed in 2.6)
+DEPLOY_OPTIONS = {"2.4": "forceEnterpriseSoftLimits", "2.6": "forceVdcLimits"}
+
+
+class SeeOther(Exception):
+    """``303 See Other`` to ``location``."""
+
+    def __init__(self, location: str) -> None:
+        super().__init__(location)
+        self.location = location
+
+
+def _flag(value: Any) -> bool:
+    """A boolean from JSON (true) or XML (text "true")."""
+    return value is True or str(value).strip().lower() == "true"
 
 
 class Api:
@@ -100,14 +120,15 @@ class Api:
                                                      a.get("?credentials") == "true")
 
     def edit_machine(self, a: dict[str, str], b: Any) -> Answer:
+        """Abiquo 2.0's MachineService.modifyMachine: the IPMI fields are written from the
+        body (absent: wiped), the hypervisor login never; the state only to or from HALTED."""
         m = self._machine(a)
-        if not isinstance(b, dict) or "state" not in b:
+        if not isinstance(b, dict) or not b.get("state"):
             raise ApiError(400, "GEN-2", "Invalid document; the machine needs a state")
-        # a PUT replaces the machine: the hypervisor login goes with it (a body read without
-        # ?credentials=true carries none, and wipes it)
-        for key in ("user", "password"):
-            if key in b:
-                setattr(m, key, b[key])
+        m.ipmi_ip = b.get("ipmiIP")
+        port = b.get("ipmiPort")
+        m.ipmi_port = int(port) if port not in (None, "") else None
+        m.ipmi_user = b.get("ipmiUser")
         self.emu.set_machine_state(m.id, str(b["state"]))
         return 200, "machine", self.inv.machine_json(m)
 
@@ -116,24 +137,36 @@ class Api:
         return 200, "machinestate", {"state": self.emu.check_machine_state(m.id), "links": []}
 
     def machine_vms(self, a: dict[str, str], b: Any) -> Answer:
+        """Every tenant's VMs on the machine, in the infrastructure view."""
         m = self._machine(a)
-        vms = [self.inv.vm_json(v) for v in self.inv.vms.values()
+        vms = [self.inv.machine_vm_json(v) for v in self.inv.vms.values()
                if v.machine == m.id and v.state != "NOT_ALLOCATED"]
         return 200, "virtualmachineswithnodeextended", vms
 
     # -- virtual machines -----------------------------------------------------------------------
 
     def all_vms(self, a: dict[str, str], b: Any) -> Answer:
+        if self.emu.profile == "2.4":
+            raise ApiError(404, "404-NOT FOUND", "The requested resource does not exist")
         return 200, "virtualmachineswithnodeextended", [self.inv.vm_json(v)
                                                         for v in self.inv.vms.values()]
+
+    def vdcs(self, a: dict[str, str], b: Any) -> Answer:
+        return 200, "virtualdatacenters", [self.inv.vdc_json()]
+
+    def vapps(self, a: dict[str, str], b: Any) -> Answer:
+        if int(a["vdc"]) != self.inv.VDC_ID:
+            raise ApiError(404, "VDC-0", "The requested virtual datacenter does not exist")
+        return 200, "virtualappliances", [self.inv.vapp_json()]
 
     def vapp_vms(self, a: dict[str, str], b: Any) -> Answer:
         if (int(a["vdc"]), int(a["vapp"])) != (self.inv.VDC_ID, self.inv.VAPP_ID):
             raise ApiError(404, "VAPP-0", "The requested virtual appliance does not exist")
-        return 200, "virtualmachines", [self.inv.vm_json(v) for v in self.inv.vms.values()]
+        return 200, "virtualmachineswithnodeextended", [self.inv.vm_json(v)
+                                                        for v in self.inv.vms.values()]
 
     def vm(self, a: dict[str, str], b: Any) -> Answer:
-        return 200, "virtualmachine", self.inv.vm_json(self._vm(a))
+        return 200, "virtualmachinewithnodeextended", self.inv.vm_json(self._vm(a))
 
     def vm_state(self, a: dict[str, str], b: Any) -> Answer:
         vm = self._vm(a)
@@ -147,13 +180,25 @@ class Api:
         return 202, "acceptedrequest", self.inv.accepted_json(task, "power state change")
 
     def deploy(self, a: dict[str, str], b: Any) -> Answer:
-        task = self.emu.deploy(self._vm(a).id)
+        """A deploy with no body (Abiquo 2.0 has a deploy without one), or a
+        ``virtualmachinetask`` with the option this version names: another option is refused
+        (the emulator's choice: a client sending the other version's name is caught)."""
+        vm = self._vm(a)
+        if isinstance(b, dict):
+            known = {DEPLOY_OPTIONS[self.emu.profile], "links"}
+            unknown = sorted(k for k in b if k not in known)
+            if unknown:
+                raise ApiError(400, "GEN-2", f"Invalid document: virtualmachinetask has no "
+                               f"field {unknown[0]!r} in version {self.emu.profile} (it has "
+                               f"{DEPLOY_OPTIONS[self.emu.profile]})")
+        task = self.emu.deploy(vm.id)
         return 202, "acceptedrequest", self.inv.accepted_json(task, "deploy")
 
     def undeploy(self, a: dict[str, str], b: Any) -> Answer:
-        force = bool(b.get("forceUndeploy")) if isinstance(b, dict) else False
-        task = self.emu.undeploy(self._vm(a).id, force)
-        return 202, "acceptedrequest", self.inv.accepted_json(task, "undeploy")
+        vm = self._vm(a)
+        force = _flag(b.get("forceUndeploy")) if isinstance(b, dict) else False
+        task = self.emu.undeploy(vm.id, force)
+        return 202, "acceptedrequest", self.inv.accepted_json(task, "undeploy", vm)
 
     def tasks(self, a: dict[str, str], b: Any) -> Answer:
         vm = self._vm(a)
@@ -162,6 +207,8 @@ class Api:
 
     def task(self, a: dict[str, str], b: Any) -> Answer:
         vm = self._vm(a)
+        if a["task"] == "untraceable":  # Abiquo 2.0: See Other, the VM's state
+            raise SeeOther(self.inv.href(f"{self.inv.vm_path(vm)}/state"))
         t = self.inv.tasks.get(a["task"])
         if t is None or t.vm != vm.id:
             raise ApiError(404, "TASK-1", "The requested task does not exist")
@@ -189,6 +236,11 @@ class Api:
                            "values (datacenter/rack/machine)")
         rel, href = links[0]["rel"], str(links[0].get("href", ""))
         target = self._target(rel, href)
+        if any((r.rel, r.target) == (rel, target) for r in self.inv.load_rules.values()):
+            # one rule per element and level (later Abiquo documentation); the code is the
+            # emulator's own: 2.x's is not known
+            raise ApiError(409, "RULE-7", f"The {rel} already has a load level rule: change "
+                           "it instead of adding another")
         try:
             cpu, ram = int(b["cpuLoadPercentage"]), int(b["ramLoadPercentage"])
         except (KeyError, TypeError, ValueError) as exc:
@@ -255,6 +307,8 @@ ROUTES: list[tuple[str, str, Route]] = [
     ("GET", MACHINE + r"/action/checkstate", Api.checkstate),
     ("GET", MACHINE + r"/virtualmachines", Api.machine_vms),
     ("GET", r"cloud/virtualmachines", Api.all_vms),
+    ("GET", r"cloud/virtualdatacenters", Api.vdcs),
+    ("GET", r"cloud/virtualdatacenters/(?P<vdc>\d+)/virtualappliances", Api.vapps),
     ("GET", VAPP + r"/virtualmachines", Api.vapp_vms),
     ("GET", VM, Api.vm),
     ("GET", VM + r"/state", Api.vm_state),

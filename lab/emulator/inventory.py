@@ -1,8 +1,13 @@
-"""The emulator's inventory: what Abiquo's database would hold, and its JSON shapes.
+"""The emulator's inventory: what Abiquo's database would hold, and its shapes (the JSON
+shape; the HTTP layer encodes it as XML or JSON, :mod:`rehost.abiquo.media`).
 
 One datacenter, one rack, one KVM machine per lab host, one virtual datacenter and appliance,
 the lab's VMs, the allocation rules and the tasks. Everything is guarded by one lock
 (``Inventory.lock``); the HTTP handlers, the task worker and the monitor all take it.
+
+The version profile (``2.4`` or ``2.6``) chooses the field names that differ: a machine's
+``virtualSwitch`` (2.4) or ``networkInterfaces`` (2.6); a VM's ``idType`` (2.4, 1 = managed)
+or ``type`` (2.6, ``MANAGED``).
 """
 
 from __future__ import annotations
@@ -17,8 +22,11 @@ from typing import Any
 from rehost.lab.lab import LabState
 
 MIB = 1024 * 1024
-DEPLOYED = frozenset({"ON", "OFF", "PAUSED"})
-MEDIA = "application/vnd.abiquo.{}+json"
+#: on the hypervisor (Abiquo's existsInHypervisor)
+DEPLOYED = frozenset({"ON", "OFF", "PAUSED", "CONFIGURED"})
+#: the type of the links (Abiquo 2.0 gives a link's base media type)
+MEDIA = "application/vnd.abiquo.{}+xml"
+PROFILES = ("2.4", "2.6")
 
 
 @dataclass
@@ -31,26 +39,34 @@ class Machine:
     ram: int  # MiB
     state: str = "MANAGED"
     type: str = "KVM"
-    #: the hypervisor login Abiquo keeps for the machine (shown only with ?credentials=true)
+    #: the hypervisor login Abiquo keeps for the machine (shown only with ?credentials=true;
+    #: a PUT never writes it)
     user: str | None = "root"
     password: str | None = None
+    #: the IPMI fields: a PUT writes them from its body (a body without them wipes them)
+    ipmi_ip: str | None = None
+    ipmi_port: int | None = 623
+    ipmi_user: str | None = "ADMIN"
 
 
 @dataclass
 class VM:
     id: int
     uuid: str
-    label: str
+    #: the domain's name on the hypervisor: ABQ_<uuid>, or a captured VM's own name
+    name: str
+    #: the name users gave it (``nodeName``)
+    node_name: str
     cpu: int
     ram: int  # MiB
     disks: list[dict[str, Any]]
     volume: str | None
     state: str = "NOT_ALLOCATED"
     machine: int | None = None  # the machine it is deployed on (or being deployed to)
-
-    @property
-    def name(self) -> str:
-        return f"ABQ_{self.uuid}"
+    #: captured (imported) into Abiquo: when its domain vanishes, its record is deleted
+    captured: bool = False
+    #: shown CONFIGURED while its domain is defined and off (never powered on since)
+    configured: bool = False
 
     @property
     def hd_bytes(self) -> int:
@@ -89,9 +105,12 @@ class Inventory:
     VDC_ID = 1
     VAPP_ID = 1
 
-    def __init__(self, lab: LabState, base: str = "") -> None:
+    def __init__(self, lab: LabState, base: str = "", profile: str | None = None) -> None:
         self.lab = lab
         self.base = base.rstrip("/")
+        self.profile = profile or str(lab.data.get("abiquo") or "2.6")
+        if self.profile not in PROFILES:
+            raise ValueError(f"emulator profile {self.profile!r}: choose 2.4 or 2.6")
         self.lock = threading.RLock()
         self.machines: dict[int, Machine] = {}
         self.vms: dict[int, VM] = {}
@@ -103,10 +122,13 @@ class Inventory:
         self.generation = 0
         for i, h in enumerate(lab.data["hosts"], start=1):
             self.machines[i] = Machine(i, h["name"], h["name"], h["address"], int(h["cpus"]),
-                                       int(h["ram_mib"]), password=secrets.token_hex(8))
+                                       int(h["ram_mib"]), password=secrets.token_hex(8),
+                                       ipmi_ip=f"192.0.2.{i}")
         for i, v in enumerate(lab.data["vms"], start=1):
-            self.vms[i] = VM(i, v["uuid"], v["name"], int(v["cpu"]), int(v["ram_mib"]),
-                             list(v["disks"]), v.get("volume"))
+            self.vms[i] = VM(i, v["uuid"], v.get("domain") or f"ABQ_{v['uuid']}", v["name"],
+                             int(v["cpu"]), int(v["ram_mib"]), list(v["disks"]),
+                             v.get("volume"), captured=bool(v.get("captured")),
+                             configured=bool(v.get("configured")))
 
     # -- lookups and computed values ------------------------------------------------------------
 
@@ -188,15 +210,18 @@ class Inventory:
         cpu_used, ram_used = self.used(m)
         p = self.machine_path(m)
         h = self.lab.host(m.host)
+        network: dict[str, Any] = {"virtualSwitch": "abiquo"} if self.profile == "2.4" else {
+            "networkInterfaces": {"collection": [{"name": "abiquo", "mac": None}]}}
         return {
             "id": m.id, "name": m.name, "description": f"lab host {m.host}", "state": m.state,
-            "virtualSwitch": "abiquo", "port": 8889, "ip": m.ip, "ipService": m.ip,
+            **network, "port": 8889, "ip": m.ip, "ipService": m.ip,
             "type": m.type, "user": m.user if credentials else None,
             "password": m.password if credentials else None,
             "datastores": {"collection": [{"id": m.id, "name": "datastore",
                                            "rootPath": h["datastore"], "directory": "",
                                            "enabled": True}]},
-            "ipmiIP": None, "ipmiPort": None, "ipmiUser": None, "ipmiPassword": None,
+            "ipmiIP": m.ipmi_ip, "ipmiPort": m.ipmi_port, "ipmiUser": m.ipmi_user,
+            "ipmiPassword": None,
             "initiatorIQN": None, "cpu": m.cpu, "cpuUsed": cpu_used, "ram": m.ram,
             "ramUsed": ram_used,
             "links": [self.link("edit", p, "machine"),
@@ -206,6 +231,47 @@ class Inventory:
                       self.link("virtualmachines", f"{p}/virtualmachines",
                                 "virtualmachineswithnodeextended")],
         }
+
+    def _vm_fields(self, vm: VM) -> dict[str, Any]:
+        """A VM's fields as ``virtualmachinewithnodeextended`` has them."""
+        managed: dict[str, Any] = {"idType": 1} if self.profile == "2.4" else {
+            "type": "MANAGED"}
+        return {
+            "id": vm.id, "name": vm.name, "description": vm.node_name,
+            "ram": vm.ram, "cpu": vm.cpu, "hdInBytes": vm.hd_bytes, "vdrpPort": 0,
+            "vdrpIP": None, "idState": 0, "state": vm.state, "highDisponibility": 0,
+            **managed, "password": None, "uuid": vm.uuid, "nodeId": vm.id,
+            "nodeName": vm.node_name, "x": 0, "y": 0, "userName": "admin",
+            "userSurname": "", "enterpriseName": "lab",
+        }
+
+    def machine_vm_json(self, vm: VM) -> dict[str, Any]:
+        """A VM as a machine's list shows it (the infrastructure view; Abiquo 2.0's
+        ``buildVirtualMachineAdminLinks``): links to its machine, to the VM itself (rel
+        ``virtualmachine``), to its enterprise and user; no ``edit`` link."""
+        m = self.machines[vm.machine] if vm.machine is not None else None
+        links = []
+        if m is not None:
+            links.append(self.link("machine", self.machine_path(m), "machine", m.type))
+        links += [self.link("virtualmachine", self.vm_path(vm), "virtualmachine"),
+                  self.link("enterprise", "admin/enterprises/1", "enterprise"),
+                  self.link("user", "admin/enterprises/1/users/1", "user")]
+        return {**self._vm_fields(vm), "links": links}
+
+    def vdc_json(self) -> dict[str, Any]:
+        p = f"cloud/virtualdatacenters/{self.VDC_ID}"
+        return {"id": self.VDC_ID, "name": "lab", "hypervisorType": "KVM",
+                "links": [self.link("edit", p, "virtualdatacenter"),
+                          self.link("virtualappliances", f"{p}/virtualappliances",
+                                    "virtualappliances")]}
+
+    def vapp_json(self) -> dict[str, Any]:
+        p = self.vapp_path()
+        return {"id": self.VAPP_ID, "name": "lab", "publicApp": 0, "highDisponibility": 0,
+                "error": 0,
+                "links": [self.link("edit", p, "virtualappliance"),
+                          self.link("virtualmachines", f"{p}/virtualmachines",
+                                    "virtualmachines")]}
 
     def vm_json(self, vm: VM) -> dict[str, Any]:
         p = self.vm_path(vm)
@@ -220,12 +286,7 @@ class Inventory:
         if vm.machine is not None and vm.state != "NOT_ALLOCATED":
             m = self.machines[vm.machine]
             links.append(self.link("machine", self.machine_path(m), "machine", m.type))
-        return {
-            "id": vm.id, "name": vm.name, "label": vm.label, "description": vm.label,
-            "ram": vm.ram, "cpu": vm.cpu, "hdInBytes": vm.hd_bytes, "vdrpPort": 0,
-            "vdrpIP": None, "idState": 0, "state": vm.state, "highDisponibility": 0,
-            "idType": 1, "password": None, "uuid": vm.uuid, "runlist": [], "links": links,
-        }
+        return {**self._vm_fields(vm), "links": links}
 
     def task_json(self, task: Task) -> dict[str, Any]:
         return {"taskId": task.id, "ownerId": str(task.vm), "userId": "1", "type": task.type,
@@ -235,9 +296,16 @@ class Inventory:
                           self.link("parent", self.vm_path(self.vms[task.vm]),
                                     "virtualmachine")]}
 
-    def accepted_json(self, task: Task, what: str) -> dict[str, Any]:
+    def accepted_json(self, task: Task | None, what: str, vm: VM | None = None) -> dict[str, Any]:
+        """202's body: a link rel ``status`` to the task; with no task (nothing to do), to
+        ``.../tasks/untraceable`` (Abiquo 2.0's UNTRACEABLE_TASK)."""
+        if task is None:
+            assert vm is not None
+            href = f"{self.vm_path(vm)}/tasks/untraceable"
+        else:
+            href = self.task_path(task)
         return {"message": f"You {what} request has been accepted",
-                "links": [self.link("status", self.task_path(task), "task")]}
+                "links": [self.link("status", href, "task")]}
 
     def load_rule_json(self, r: LoadRule) -> dict[str, Any]:
         target = {"datacenter": self.dc_path(), "rack": self.rack_path()}.get(r.rel)

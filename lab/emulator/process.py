@@ -18,7 +18,6 @@ from rehost.abiquo.errors import AbiquoError
 from rehost.core.errors import LabError
 
 USER = "admin"
-VERSION = "2.6"
 
 
 def write_password_file(path: Path) -> str:
@@ -37,6 +36,7 @@ def start_emulator(state: dict[str, Any], timeout: float = 60.0) -> dict[str, An
     from rehost.abiquo.client import AbiquoClient
 
     root = Path(state["root"])
+    version = str(state.get("abiquo") or "2.6")  # the emulator's profile is the version
     password_file = root / "abiquo-password"
     password = write_password_file(password_file)
     info_file = root / "emulator.json"
@@ -56,13 +56,13 @@ def start_emulator(state: dict[str, Any], timeout: float = 60.0) -> dict[str, An
                            f"{_tail(log)}")
         if info_file.exists():
             info = json.loads(info_file.read_text())
-            client = AbiquoClient(info["url"], USER, password, version=VERSION, retries=1,
+            client = AbiquoClient(info["url"], USER, password, version=version, retries=1,
                                   timeout=5)
             try:
                 client.datacenters()
                 return {"pid": proc.pid, "url": info["url"], "port": info["port"],
                         "user": USER, "password_file": str(password_file),
-                        "version": VERSION, "log": str(log)}
+                        "version": version, "log": str(log)}
             except AbiquoError as exc:
                 last = str(exc)
             finally:

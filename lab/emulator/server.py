@@ -1,9 +1,16 @@
 """The emulator's HTTP layer: authentication, media types, paging and error bodies
-(ABIQUO-API.md) around :class:`~rehost.lab.emulator.api.Api`.
+(docs/abiquo-api.md) around :class:`~rehost.lab.emulator.api.Api`.
 
-Only JSON is served (``application/vnd.abiquo.<entity>+json; version=X.Y``). An ``Accept``
-asking for XML or for a version other than 2.4 or 2.6 is answered ``406``; a body sent with a
-media type that is not JSON ``415``.
+The version profile decides the formats, as Abiquo's versions do:
+
+- ``2.4``: XML only (``application/vnd.abiquo.<entity>+xml; version=2.4``); an ``Accept``
+  asking for JSON is ``406``, a JSON body ``415``;
+- ``2.6``: XML by default (no ``Accept``, ``*/*``, ``+xml``), JSON when asked (``+json``);
+  bodies in either.
+
+An ``Accept`` or ``Content-Type`` with a version other than the profile's is ``406`` (Abiquo
+2.0's VersionCheckerFilter accepts its own version only); one without a version is taken as
+the profile's. Errors come as ``application/vnd.abiquo.error+xml`` (or ``+json``).
 """
 
 from __future__ import annotations
@@ -11,7 +18,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -19,12 +25,10 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 from loguru import logger
 
-from rehost.lab.emulator.api import Api
-from rehost.lab.emulator.inventory import MEDIA
+from rehost.abiquo import media as codec
+from rehost.lab.emulator.api import Api, SeeOther
 from rehost.lab.emulator.service import ApiError, Emulator
 
-VERSIONS = ("2.4", "2.6")
-DEFAULT_VERSION = "2.6"
 DEFAULT_LIMIT = 25
 
 
@@ -58,13 +62,17 @@ class Handler(BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:
         self._serve("DELETE")
 
+    @property
+    def profile(self) -> str:
+        return self.server.emu.profile
+
     def _serve(self, method: str) -> None:
-        version = DEFAULT_VERSION
+        fmt = "xml"
         try:
             raw = self._read_body()
             self._authenticate()
+            fmt = self._negotiate()
             body = self._parse_body(raw)
-            version = self._negotiate()
             parts = urlsplit(self.path)
             if not parts.path.startswith("/api/"):
                 raise ApiError(404, "404-NOT FOUND", "The requested resource does not exist")
@@ -73,13 +81,18 @@ class Handler(BaseHTTPRequestHandler):
                                                           body, query)
             if isinstance(data, list):
                 data = self._page(parts.path, query, data)
-            self._send(status, entity, data, version)
+            self._send(status, entity, data, fmt)
+        except SeeOther as see:
+            self.send_response(303)
+            self.send_header("Location", see.location)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
         except ApiError as exc:
-            self._error(exc, version)
+            self._error(exc, fmt)
         except Exception as exc:  # a bug must still answer with Abiquo's shape
             logger.exception("emulator: {} {} failed", method, self.path)
             self._error(ApiError(500, "500-INTERNAL SERVER ERROR", f"Unexpected exception: "
-                                 f"{type(exc).__name__}: {exc}"), version)
+                                 f"{type(exc).__name__}: {exc}"), fmt)
 
     def _read_body(self) -> bytes:
         length = int(self.headers.get("Content-Length") or 0)
@@ -89,13 +102,23 @@ class Handler(BaseHTTPRequestHandler):
         if not raw:
             return None
         ctype = self.headers.get("Content-Type", "")
-        if "json" not in ctype:
-            raise ApiError(415, "415-UNSUPPORTED MEDIA TYPE",
-                           f"The emulator only reads application/vnd.abiquo.*+json, not {ctype!r}")
+        self._check_version(ctype, 415)
+        fmt = codec.format_of(ctype)
+        if fmt is None or (fmt == "json" and self.profile == "2.4"):
+            reads = "+xml" if self.profile == "2.4" else "+xml or +json"
+            raise ApiError(415, "415-UNSUPPORTED MEDIA TYPE", f"Abiquo {self.profile} reads "
+                           f"application/vnd.abiquo.*{reads}, not {ctype!r}")
         try:
-            return json.loads(raw)
-        except ValueError as exc:
-            raise ApiError(400, "GEN-3", f"Invalid JSON document: {exc}") from exc
+            return codec.decode(raw, ctype, collection=False)
+        except codec.MediaError as exc:
+            raise ApiError(400, "GEN-3", f"Invalid document: {exc}") from exc
+
+    def _check_version(self, media: str, status: int = 406) -> None:
+        version = _version(media)
+        if media.startswith(codec.MEDIA_PREFIX) and version not in (None, self.profile):
+            raise ApiError(status, f"{status}-NOT ACCEPTABLE" if status == 406 else
+                           f"{status}-UNSUPPORTED MEDIA TYPE",
+                           f"Unsupported version {version}: this is Abiquo {self.profile}")
 
     def _authenticate(self) -> None:
         header = self.headers.get("Authorization", "")
@@ -114,18 +137,15 @@ class Handler(BaseHTTPRequestHandler):
                            "This request requires user authentication")
 
     def _negotiate(self) -> str:
-        accept = self.headers.get("Accept", "") or "*/*"
-        for media in accept.split(","):
-            media = media.strip()
-            if media.startswith("application/vnd.abiquo."):
-                if "+xml" in media.split(";")[0]:
-                    raise ApiError(406, "406-NOT ACCEPTABLE", "The emulator serves JSON only")
-                version = _version(media) or DEFAULT_VERSION
-                if version not in VERSIONS:
-                    raise ApiError(406, "406-NOT ACCEPTABLE", f"Unsupported version {version}: "
-                                   f"choose one of {', '.join(VERSIONS)}")
-                return version
-        return DEFAULT_VERSION
+        """The answer's format: JSON only when asked for (and the profile has it)."""
+        accept = (self.headers.get("Accept", "") or "*/*").strip()
+        self._check_version(accept)
+        if codec.format_of(accept) == "json":
+            if self.profile == "2.4":
+                raise ApiError(406, "406-NOT ACCEPTABLE", "Abiquo 2.4 serves XML only "
+                               "(application/vnd.abiquo.*+xml)")
+            return "json"
+        return "xml"
 
     def _page(self, path: str, query: dict[str, list[str]], items: list[Any]) -> dict[str, Any]:
         try:
@@ -148,21 +168,21 @@ class Handler(BaseHTTPRequestHandler):
         return {"links": links, "collection": items[start:start + limit],
                 "totalSize": len(items)}
 
-    def _send(self, status: int, entity: str, data: Any, version: str) -> None:
-        payload = b"" if data is None else json.dumps(data).encode()
+    def _send(self, status: int, entity: str, data: Any, fmt: str) -> None:
+        payload = b"" if data is None else codec.encode(entity, data, fmt)
         self.send_response(status)
         if payload:
-            self.send_header("Content-Type", MEDIA.format(entity) + f"; version={version}")
+            self.send_header("Content-Type", codec.media_type(entity, fmt, self.profile))
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
         if payload and self.command != "HEAD":
             self.wfile.write(payload)
 
-    def _error(self, exc: ApiError, version: str) -> None:
+    def _error(self, exc: ApiError, fmt: str) -> None:
         body = {"collection": [{"code": exc.code, "message": exc.message}]}
-        payload = json.dumps(body).encode()
+        payload = codec.encode("error", body, fmt)
         self.send_response(exc.status)
-        self.send_header("Content-Type", MEDIA.format("errors") + f"; version={version}")
+        self.send_header("Content-Type", codec.media_type("error", fmt, self.profile))
         self.send_header("Content-Length", str(len(payload)))
         if exc.status == 401:
             self.send_header("WWW-Authenticate", 'Basic realm="Abiquo Api"')

@@ -1,14 +1,23 @@
 """The emulator's behaviour: deploy, undeploy, power, machine states, the task workers and the
 virtual system monitor. The HTTP layer (:mod:`.server`) only translates requests to these calls.
 
-Choices where real Abiquo's 2.4/2.6 behaviour is only known from its 2.0 sources:
+As Abiquo 2.0's sources do it (docs/abiquo-api.md has the sources):
+- deploying a VM that is not ``NOT_ALLOCATED`` (a ``LOCKED`` one too) is ``409 VM-7``;
+  undeploying a ``LOCKED`` VM ``409 VM-12``; undeploying a VM that is not on its hypervisor
+  (not ON, OFF, PAUSED or CONFIGURED) is accepted with nothing to do: ``202`` with a link to
+  ``.../tasks/untraceable``; undeploying a captured VM without ``forceUndeploy`` ``409 VM-44``;
+- a power state other than ON, OFF, PAUSED is ``400 VM-10``; powering a VM that is not on
+  its hypervisor (``LOCKED`` too) ``409 VM-11``; a change the state machine does not allow
+  (``OFF`` to ``OFF``, ``CONFIGURED`` to ``OFF``) ``409 VM-4``;
+- a machine's state changes only to or from ``HALTED`` (other changes are ignored);
+- when a captured VM's domain vanishes, its record is deleted (not set NOT_ALLOCATED).
+
+Choices where real Abiquo's 2.4/2.6 behaviour is not known:
 - the allocation runs inside the deploy request, as in Abiquo 2.0's API: no suitable machine
   is a ``409`` with code ``ALLOC-0`` and the VM stays ``NOT_ALLOCATED`` (no task is created);
-- an action on a ``LOCKED`` VM is ``409 VM-2``; deploying a deployed VM ``409 VM-7``;
-  undeploying a VM that is not deployed ``409 VM-12``; powering a VM that is not deployed
-  ``409 VM-11``; asking for the state it is already in ``409 VM-4``;
 - a ``HALTED`` machine receives no deploy and refuses undeploys of its VMs (``409 VM-4``);
   power actions still work there (they go to the hypervisor, not the allocator);
+- leaving ``HALTED`` for ``MANAGED`` checks the hypervisor: unreachable, it is ``STOPPED``;
 - power ``OFF`` is a hard power-off (``virDomainDestroy``), as Abiquo 2.x's OFF is.
 """
 
@@ -25,6 +34,10 @@ from rehost.lab.emulator.inventory import DEPLOYED, VM, Inventory, Task
 from rehost.lab.emulator.scheduler import NoMachine, choose_machine
 from rehost.lab.lab import LabState
 
+#: the power changes Abiquo allows (2.0's VirtualMachineStateTransition)
+TRANSITIONS = frozenset({("CONFIGURED", "ON"), ("OFF", "ON"), ("ON", "OFF"), ("ON", "PAUSED"),
+                         ("PAUSED", "ON")})
+
 
 class ApiError(Exception):
     """An answer with Abiquo's error body."""
@@ -38,9 +51,10 @@ class ApiError(Exception):
 
 class Emulator:
     def __init__(self, lab: LabState, base: str = "", monitor_interval: float = 0.5,
-                 workers: int = 4) -> None:
+                 workers: int = 4, profile: str | None = None) -> None:
         self.lab = lab
-        self.inv = Inventory(lab, base)
+        self.inv = Inventory(lab, base, profile)
+        self.profile = self.inv.profile
         self.monitor_interval = monitor_interval
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="abq-task")
         self._stop = threading.Event()
@@ -71,7 +85,7 @@ class Emulator:
                 if vm.name in found:
                     host, state = found[vm.name]
                     vm.machine = self.inv.machine_by_host(host).id
-                    vm.state = state
+                    vm.state = "CONFIGURED" if vm.configured and state == "OFF" else state
                 else:
                     vm.machine, vm.state = None, "NOT_ALLOCATED"
 
@@ -83,19 +97,14 @@ class Emulator:
             raise ApiError(404, "VM-1", "The requested virtual machine does not exist")
         return vm
 
-    def _check_unlocked(self, vm: VM) -> None:
-        if vm.state == "LOCKED":
-            raise ApiError(409, "VM-2", "The virtual machine is already in progress")
-
     # -- virtual machine actions ----------------------------------------------------------------
 
     def deploy(self, vm_id: int) -> Task:
         with self.inv.lock:
             vm = self.vm(vm_id)
-            self._check_unlocked(vm)
             if vm.state != "NOT_ALLOCATED":
-                raise ApiError(409, "VM-7", "The allowed power states for Virtual Machines is "
-                               f"NOT_ALLOCATED ({vm.name} is {vm.state})")
+                raise ApiError(409, "VM-7", "The allowed state for deploying Virtual Machines "
+                               f"is NOT_ALLOCATED ({vm.name} is {vm.state})")
             try:
                 machine = choose_machine(self.inv, vm)
             except NoMachine as exc:
@@ -103,6 +112,7 @@ class Emulator:
                                f"virtual machine {vm.name}: {exc}") from exc
             vm.machine, vm.state = machine.id, "LOCKED"
             task = self.inv.new_task(vm, "DEPLOY", ["CONFIGURE", "POWER_ON"])
+            vm.configured = False
             host = machine.host
             logger.info("emulator: deploying {} on {}", vm.name, host)
 
@@ -119,14 +129,22 @@ class Emulator:
         self._run(task, vm, work, "ON", "NOT_ALLOCATED", failed)
         return task
 
-    def undeploy(self, vm_id: int, force: bool = False) -> Task:
+    def undeploy(self, vm_id: int, force: bool = False) -> Task | None:
+        """The undeploy's task; None when there is nothing to undeploy (untraceable)."""
         with self.inv.lock:
             vm = self.vm(vm_id)
-            self._check_unlocked(vm)
-            if vm.state not in (*DEPLOYED, "UNKNOWN", "ALLOCATED") or vm.machine is None:
+            if vm.state == "LOCKED":
                 raise ApiError(409, "VM-12", "The allowed power states for Virtual Machine "
                                "deployment are ON, OFF, PAUSED, UNKNOWN  or ALLOCATED "
                                f"({vm.name} is {vm.state})")
+            if vm.state not in DEPLOYED or vm.machine is None:
+                return None
+            if vm.captured and not force:
+                raise ApiError(409, "VM-44", "You are trying to undeploy an imported virtual "
+                               "machine. If you undeploy it, the virtual machine template "
+                               "cannot be recovered. If you are confident of this action, "
+                               "please call this functionality again with the "
+                               "'forceUndeploy=true' option")
             machine = self.inv.machines[vm.machine]
             if machine.state != "MANAGED":
                 raise ApiError(409, "VM-4", "The virtual machine cannot change to the required "
@@ -141,23 +159,25 @@ class Emulator:
 
         def done() -> None:
             vm.machine = None
+            if vm.captured:
+                self.inv.vms.pop(vm.id, None)
 
         self._run(task, vm, work, "NOT_ALLOCATED", before, None, done)
         return task
 
     def set_state(self, vm_id: int, state: str) -> Task:
         if state not in ("ON", "OFF", "PAUSED"):
-            raise ApiError(400, "VM-4", f"The virtual machine cannot change to state {state!r}: "
-                           "choose ON, OFF or PAUSED")
+            raise ApiError(400, "VM-10", "The Virtual Machine is in a state that does not "
+                           f"allow the request, therefore it cannot be modified ({state!r}: "
+                           "choose ON, OFF or PAUSED)")
         with self.inv.lock:
             vm = self.vm(vm_id)
-            self._check_unlocked(vm)
             if vm.state not in DEPLOYED or vm.machine is None:
                 raise ApiError(409, "VM-11", "The Virtual Machine is not in any Hypervisor. "
-                               "Therefore the change of the state cannot be applied")
-            if vm.state == state:
+                               "Therefore the change of state cannot be applied")
+            if (vm.state, state) not in TRANSITIONS:
                 raise ApiError(409, "VM-4", "The virtual machine cannot change to the required "
-                               f"state: it is already {state}")
+                               f"state ({vm.state} to {state})")
             before = vm.state
             vm.state = "LOCKED"
             kind = {"ON": "POWER_ON", "OFF": "POWER_OFF", "PAUSED": "PAUSE"}[state]
@@ -209,17 +229,17 @@ class Emulator:
     # -- machines -------------------------------------------------------------------------------
 
     def set_machine_state(self, machine_id: int, state: str) -> None:
+        """A machine PUT's state: applied only to or from HALTED (Abiquo 2.0's
+        MachineService.modifyMachine), else ignored."""
         with self.inv.lock:
             m = self.inv.machines.get(machine_id)
             if m is None:
                 raise ApiError(404, "MACHINE-0", "The requested machine does not exist")
-            if state == m.state:
+            if state == m.state or "HALTED" not in (state, m.state):
                 return
-            if {m.state, state} != {"MANAGED", "HALTED"}:
-                raise ApiError(409, "MACHINE-5", "The requested state change is not valid "
-                               f"({m.state} to {state})")
-        # leaving HALTED checks the hypervisor first
-        if state == "MANAGED" and not agent.reachable(self.lab, m.host):
+            leaving = m.state == "HALTED"
+        # leaving HALTED for MANAGED checks the hypervisor first
+        if leaving and state == "MANAGED" and not agent.reachable(self.lab, m.host):
             state = "STOPPED"
         with self.inv.lock:
             m.state = state
@@ -264,10 +284,18 @@ class Emulator:
                 if (vm.state != state or vm.machine != machine_id
                         or self.inv.generation != generation):
                     continue  # an action or another event got there first
-                if now is None:
+                if now is None and vm.captured:
+                    # Abiquo 2.0's VSMEventProcessor: a captured VM's record is deleted
+                    logger.info("emulator: monitor: captured VM {} vanished from {}: its "
+                                "record is deleted", vm.name,
+                                self.inv.machines[machine_id].name)
+                    self.inv.vms.pop(vm.id, None)
+                elif now is None:
                     logger.info("emulator: monitor: {} vanished from {}: NOT_ALLOCATED",
                                 vm.name, self.inv.machines[machine_id].name)
                     vm.state, vm.machine = "NOT_ALLOCATED", None
+                elif now == "OFF" and state == "CONFIGURED":
+                    continue  # defined and off: still CONFIGURED
                 elif now != state:
                     logger.info("emulator: monitor: {} is {} (was {})", vm.name, now, state)
                     vm.state = now

@@ -2,13 +2,17 @@
 
 Nothing fits under 1%, so every deploy goes to the target hosts. Users cannot reconfigure VMs
 on the source hosts meanwhile (Abiquo support's "maintenance mode"). The safest default.
+
+A source machine that already has a load-level rule keeps one rule: that rule is changed to
+1%/1% for the campaign and put back, values unchanged, by the unfence (Abiquo may refuse a
+second rule on a machine).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from rehost.abiquo.site import client, rule_record, source_machines
+from rehost.abiquo.site import set_machine_rule, source_machines, undo_machine_rule
 from rehost.api import (
     VM,
     AllocationStrategy,
@@ -53,23 +57,26 @@ class LoadLevelFence(AllocationStrategy):
                                         + (t.memory_mib - t.used_mib) / 512, t.host)).host
 
     def fence(self, ctx: Context) -> FenceResult:
-        c = client(ctx)
-        created = []
-        for m in source_machines(ctx):
-            rule = c.create_load_level_rule(m, cpu=self.cpu, ram=self.ram)
-            created.append(rule_record(ctx, rule) | {"machine": m.name})
+        created: list[dict[str, Any]] = []
+        try:
+            for m in source_machines(ctx):
+                created.append(set_machine_rule(ctx, m, cpu=self.cpu, ram=self.ram))
+        except Exception:
+            # the fence record is journaled only once the fence returns: put back what was
+            # changed so far rather than leave it unrecorded
+            for rec in reversed(created):
+                undo_machine_rule(ctx, rec)
+            raise
         return FenceResult(**{"created": created})
 
     def unfence(self, ctx: Context, fenced: FenceResult) -> UnfenceResult:
-        c = client(ctx)
-        existing = {c.absolute(r.url): r for r in c.load_level_rules()}
-        deleted = []
+        deleted, restored = [], []
         for rec in fenced.record("created", []):
-            rule = existing.get(rec["url"])
-            if rule is not None:
-                c.delete_load_level_rule(rule)
+            was_there, again = undo_machine_rule(ctx, rec)
+            if was_there:
                 deleted.append(rec)
-        return UnfenceResult(**{"deleted": deleted})
+            restored += again
+        return UnfenceResult(**{"deleted": deleted, "restored": restored})
 
 
 @hookimpl(trylast=True)
