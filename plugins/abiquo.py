@@ -194,7 +194,6 @@ class AbiquoControl(ControlPlane):
 
     def check_vms(self, ctx: Context) -> list[Finding]:
         c = client(ctx)
-        a = settings(ctx)
         findings: list[Finding] = []
         by_host = {machine_host(ctx, m): m for m in c.machines()}
         for host in ctx.config.hosts.values():
@@ -230,7 +229,8 @@ class AbiquoControl(ControlPlane):
                     f"was captured into Abiquo (its domain is {avm.name!r}, not ABQ_<uuid>): "
                     "once its domain is undefined on the source host, Abiquo deletes the VM's "
                     "record instead of marking it NOT_ALLOCATED, so it cannot be deployed on "
-                    f"the target host; refused (abiquo.captured = {a.captured!r}). Leave it out "
+                    f"the target host; refused (abiquo.captured = {settings(ctx).captured!r}). "
+                    "Leave it out "
                     "(name the other VMs with --vm or campaign.vms) and move it by hand",
                     vm=vm.label or vm.name))
             if vm.source_host in sources:

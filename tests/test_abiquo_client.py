@@ -1,6 +1,7 @@
-"""The Abiquo client against a tiny scripted HTTP server: media types, paging, task polling,
-errors, retries (5xx and connection errors yes, 4xx never, POST only when safe) and secrecy of
-the password. The client against the real emulator and lab hosts: tests/test_emulator.py."""
+"""The Abiquo client against a tiny scripted HTTP server: media types (XML and JSON), paging,
+task polling, errors, retries (5xx and connection errors yes, 4xx never, POST only when safe)
+and secrecy of the password. The client against the real emulator and lab hosts:
+tests/test_emulator.py."""
 
 from __future__ import annotations
 
@@ -68,9 +69,13 @@ def fake() -> Iterator[Fake]:
                        self.rfile.read(n) if n else b"")
             state.seen.append(req)
             status, body = state.reply(req)
-            data = b"" if body is None else json.dumps(body).encode()
+            ctype = "application/vnd.abiquo.x+json; version=2.6"
+            if isinstance(body, str):  # an XML document, as the test wrote it
+                data, ctype = body.encode(), "application/vnd.abiquo.x+xml; version=2.4"
+            else:
+                data = b"" if body is None else json.dumps(body).encode()
             self.send_response(status)
-            self.send_header("Content-Type", "application/vnd.abiquo.x+json; version=2.6")
+            self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
@@ -113,12 +118,20 @@ def accepted() -> Reply:
 def test_media_types_version_and_auth_header(fake: Fake) -> None:
     fake.script["/api/admin/datacenters"] = [(200, {"collection": [{"id": 1, "name": "dc",
                                                                     "links": []}]})]
-    dcs = client(fake.url, version="2.4").datacenters()
+    dcs = client(fake.url, version="2.6").datacenters()
     assert [d.name for d in dcs] == ["dc"]
     h = fake.seen[0].headers
-    assert h["Accept"] == "application/vnd.abiquo.datacenters+json; version=2.4"
+    assert h["Accept"] == "application/vnd.abiquo.datacenters+json; version=2.6"
     assert h["Authorization"] == "Basic " + base64.b64encode(
         f"admin:{PASSWORD}".encode()).decode()
+    # 2.4: XML (JSON there is not confirmed); the answer is read in the format it comes in
+    assert [d.name for d in client(fake.url, version="2.4").datacenters()] == ["dc"]
+    assert fake.seen[1].headers["Accept"] == "application/vnd.abiquo.datacenters+xml; " \
+        "version=2.4"
+    client(fake.url, version="2.6", media="xml").datacenters()
+    assert fake.seen[2].headers["Accept"].startswith("application/vnd.abiquo.datacenters+xml")
+    with pytest.raises(ConfigError):
+        client(fake.url, media="yaml")
 
 
 def test_collections_are_paged_through_next_links(fake: Fake) -> None:
@@ -311,3 +324,164 @@ def test_machine_dataclass_keeps_abiquo_field_names() -> None:
     with pytest.raises(AbiquoError) as info:
         m.href("checkstate")
     assert info.value.code == "LINK-MISSING"
+
+
+# -- XML (Abiquo 2.0's only format; 2.4's unless JSON is confirmed there) ----------------------
+
+
+def machines_page(start: int, url: str) -> str:
+    nxt = f'<link rel="next" href="{url}/m?startwith={start + 1}"/>' if start < 2 else ""
+    return (f'<?xml version="1.0" encoding="UTF-8" standalone="yes"?><machines>{nxt}'
+            f'<machine><link rel="edit" href="/api/m/{start}"/><id>{start}</id>'
+            f'<name>m{start}</name><state>MANAGED</state><cpu>8</cpu><cpuUsed>{start}</cpuUsed>'
+            '<ram>16384</ram><ramUsed>512</ramUsed><virtualSwitch>abiquo</virtualSwitch>'
+            '<datastores><datastore><name>ds</name><rootPath>/var/lib/virt</rootPath>'
+            '</datastore></datastores></machine><totalSize>3</totalSize></machines>')
+
+
+def test_xml_collections_are_paged_and_typed(fake: Fake) -> None:
+    fake.fallback = lambda req: (200, machines_page(
+        int(req.path.split("startwith=")[1]) if "startwith" in req.path else 0, fake.url))
+    c = client(fake.url, version="2.4")
+    from rehost.abiquo.client import Rack
+
+    rack = Rack(links=[scripted_link("machines", "/api/m")])
+    found = c.machines(rack)
+    assert [(m.id, m.name, m.cpuUsed, m.ram) for m in found] == [
+        (0, "m0", 0, 16384), (1, "m1", 1, 16384), (2, "m2", 2, 16384)]
+    assert found[0].url == "/api/m/0"
+    assert found[0].raw["datastores"]["collection"][0]["rootPath"] == "/var/lib/virt"
+    assert len(fake.seen) == 3
+
+
+def scripted_link(rel: str, href: str) -> Any:
+    from rehost.abiquo.client import Link
+
+    return Link(rel, href)
+
+
+def test_xml_errors_carry_abiquo_codes(fake: Fake) -> None:
+    fake.script["/api/cloud/vm/7"] = [(409, '<errors><error><code>VM-7</code><message>The '
+                                            'allowed state for deploying Virtual Machines is '
+                                            'NOT_ALLOCATED</message></error></errors>')]
+    with pytest.raises(AbiquoError) as info:
+        client(fake.url, version="2.4").vm("/api/cloud/vm/7")
+    assert (info.value.status, info.value.code) == (409, "VM-7")
+    assert "NOT_ALLOCATED" in info.value.message
+
+
+def test_xml_entity_expansion_is_refused(fake: Fake) -> None:
+    bomb = ('<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "aaaaaaaaaa">'
+            '<!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">]><virtualMachine><name>&b;</name>'
+            '</virtualMachine>')
+    fake.script["/api/cloud/vm/7"] = [(200, bomb)]
+    with pytest.raises(AbiquoError) as info:
+        client(fake.url, version="2.4").vm("/api/cloud/vm/7")
+    assert info.value.code == "MEDIA"
+
+
+@pytest.mark.parametrize(("version", "body"), [
+    ("2.4", b"<virtualmachinetask><forceEnterpriseSoftLimits>false</forceEnterpriseSoftLimits>"
+            b"</virtualmachinetask>"),
+    ("2.6", b'{"forceVdcLimits": false}'),
+])
+def test_deploy_names_the_option_as_the_version_does(fake: Fake, version: str,
+                                                     body: bytes) -> None:
+    from rehost.abiquo.client import VirtualMachine, parse
+
+    fake.script["/api/cloud/vm/7/action/deploy"] = [
+        (202, '<acceptedrequest><link rel="task" href="/api/t/1"/></acceptedrequest>')]
+    task = client(fake.url, version=version).deploy(parse(VirtualMachine, VM), wait=False)
+    assert task.href("status") == "/api/t/1"  # rel task (2.6's jclouds payload) or status
+    post = fake.seen[0]
+    assert post.body.endswith(body)
+    fmt = "xml" if version == "2.4" else "json"
+    assert post.headers["Content-Type"] == \
+        f"application/vnd.abiquo.virtualmachinetask+{fmt}; version={version}"
+
+
+def test_an_untraceable_task_is_not_waited_for(fake: Fake) -> None:
+    from rehost.abiquo.client import VirtualMachine, parse
+
+    vm = parse(VirtualMachine, {**VM, "links": [
+        *VM["links"], {"rel": "undeploy", "href": "/api/cloud/vm/7/action/undeploy"}]})
+    fake.script["/api/cloud/vm/7/action/undeploy"] = [
+        (202, '<acceptedrequest><link rel="status" '
+              'href="/api/cloud/vm/7/tasks/untraceable"/></acceptedrequest>')]
+    task = client(fake.url, version="2.4").undeploy(vm)
+    assert task.untraceable and task.state == "UNTRACEABLE"
+    assert [s.path for s in fake.seen] == ["/api/cloud/vm/7/action/undeploy"]
+    assert b"<forceUndeploy>false</forceUndeploy>" in fake.seen[0].body
+
+
+def test_an_xml_machine_is_put_back_as_read_with_its_new_state(fake: Fake) -> None:
+    doc = ('<?xml version="1.0" encoding="UTF-8" standalone="yes"?><machine>'
+           '<link rel="edit" href="/api/m/1"/><id>1</id><name>c5-a</name><state>MANAGED</state>'
+           '<networkInterfaces><networkinterface><name>eth0</name></networkinterface>'
+           '</networkInterfaces><ipmiIP>192.0.2.1</ipmiIP><ipmiUser>ADMIN</ipmiUser>'
+           '<unknownTo26>kept</unknownTo26></machine>')
+    fake.script["/api/m/1"] = [(200, doc), (200, doc.replace("MANAGED", "HALTED"))]
+    from rehost.abiquo.client import parse
+
+    c = client(fake.url, version="2.4")
+    m = c.set_machine_state(parse(Machine, {"links": [{"rel": "edit", "href": "/api/m/1"}]}),
+                            "HALTED")
+    assert m.state == "HALTED"
+    get, put = fake.seen[0], fake.seen[1]
+    assert get.path == "/api/m/1"  # no ?credentials=true: a PUT never writes the login
+    assert put.method == "PUT"
+    assert put.headers["Content-Type"] == "application/vnd.abiquo.machine+xml; version=2.4"
+    body = put.body.decode()
+    assert "<state>HALTED</state>" in body and "<state>MANAGED</state>" not in body
+    for kept in ("<networkinterface><name>eth0</name></networkinterface>",
+                 "<ipmiIP>192.0.2.1</ipmiIP>", "<ipmiUser>ADMIN</ipmiUser>",
+                 "<unknownTo26>kept</unknownTo26>"):
+        assert kept in body
+
+
+def test_vms_are_found_on_every_machine_by_node_name(fake: Fake) -> None:
+    """A machine's list of VMs (every tenant's) links each VM by rel virtualmachine; 2.4 has
+    no /cloud/virtualmachines, so VMs on no machine are looked for in the appliances."""
+    fake.script["/api/admin/datacenters"] = [(200, '<datacenters><datacenter><link rel="racks" '
+                                                   'href="/api/r"/><id>1</id></datacenter>'
+                                                   '</datacenters>')]
+    fake.script["/api/r"] = [(200, '<racks><rack><link rel="machines" href="/api/m"/></rack>'
+                                   '</racks>')]
+    fake.script["/api/m"] = [(200, '<machines><machine><link rel="edit" href="/api/m/1"/>'
+                                   '<link rel="virtualmachines" href="/api/m/1/vms"/>'
+                                   '</machine></machines>')]
+    item = ('<virtualmachinewithnodeextended><link rel="machine" href="/api/m/1"/>'
+            '<link rel="virtualmachine" href="/api/cloud/vm/{id}"/><id>{id}</id>'
+            '<name>{name}</name><uuid>{uuid}</uuid><nodeName>{node}</nodeName>'
+            '<state>ON</state></virtualmachinewithnodeextended>')
+    fake.script["/api/m/1/vms"] = [(200, '<virtualmachineswithnodeextended>'
+                                         + item.format(id=7, name="ABQ_u7", uuid="u7",
+                                                       node="web-prod-1")
+                                         + item.format(id=8, name="legacy", uuid="u8",
+                                                       node="legacy")
+                                         + '</virtualmachineswithnodeextended>')]
+    fake.script["/api/cloud/vm/7"] = [(200, '<virtualmachinewithnodeextended><link rel="edit" '
+                                            'href="/api/cloud/vm/7"/><name>ABQ_u7</name>'
+                                            '<uuid>u7</uuid><nodeName>web-prod-1</nodeName>'
+                                            '<cpu>2</cpu><state>ON</state>'
+                                            '</virtualmachinewithnodeextended>')]
+    c = client(fake.url, version="2.4")
+    vm = c.find_vm(name="web-prod-1")
+    assert (vm.name, vm.nodeName, vm.cpu, vm.captured) == ("ABQ_u7", "web-prod-1", 2, False)
+    assert fake.seen[-1].headers["Accept"] == \
+        "application/vnd.abiquo.virtualmachinewithnodeextended+xml; version=2.4"
+    listed = c.machine_vms(parse_machine("/api/m/1", "/api/m/1/vms"))
+    assert [(v.url, v.captured) for v in listed] == [("/api/cloud/vm/7", False),
+                                                     ("/api/cloud/vm/8", True)]
+    fake.script["/api/cloud/virtualdatacenters"] = [(200, "<virtualDatacenters/>")]
+    with pytest.raises(AbiquoError) as info:
+        c.find_vm(uuid="u99")
+    assert info.value.code == "VM-1"
+    assert "/api/cloud/virtualmachines" not in [s.path.split("?")[0] for s in fake.seen]
+
+
+def parse_machine(edit: str, vms: str) -> Machine:
+    from rehost.abiquo.client import parse
+
+    return parse(Machine, {"links": [{"rel": "edit", "href": edit},
+                                     {"rel": "virtualmachines", "href": vms}]})

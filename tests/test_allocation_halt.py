@@ -1,6 +1,7 @@
 """`halt` against a scripted Abiquo over real HTTP: unfence puts each machine back and says
-which one Abiquo's check of the hypervisor left in another state; the machine's PUT carries
-the hypervisor login it was read with (a PUT without it would wipe it)."""
+which one Abiquo's check of the hypervisor left in another state; the machine's PUT sends the
+machine back as read (the IPMI fields a PUT writes keep their values) and never asks for the
+hypervisor login (a PUT does not write it)."""
 
 from __future__ import annotations
 
@@ -34,11 +35,11 @@ def test_unfence_restores_and_reports_a_machine_left_elsewhere(fake: Any) -> Non
         {"id": 1, "name": "r", "links": [{"rel": "machines", "href": "/api/m"}]}]})]
     fake.script["/api/m"] = [(200, {"collection": [machine(1, "c5-a", "HALTED"),
                                                    machine(2, "c5-b", "HALTED")]})]
-    login = {"user": "root", "password": "hv-login"}
-    fake.script["/api/m/1"] = [(200, machine(1, "c5-a", "HALTED", **login)),
+    ipmi = {"ipmiIP": "192.0.2.9", "ipmiUser": "ADMIN"}
+    fake.script["/api/m/1"] = [(200, machine(1, "c5-a", "HALTED", **ipmi)),
                                (200, machine(1, "c5-a", "MANAGED"))]
     # Abiquo checks c5-b's hypervisor on the way out of HALTED, and cannot reach it
-    fake.script["/api/m/2"] = [(200, machine(2, "c5-b", "HALTED", **login)),
+    fake.script["/api/m/2"] = [(200, machine(2, "c5-b", "HALTED", **ipmi)),
                                (200, machine(2, "c5-b", "STOPPED"))]
     c = client(fake.url)
     fenced = {"halted": [
@@ -58,8 +59,8 @@ def test_unfence_restores_and_reports_a_machine_left_elsewhere(fake: Any) -> Non
     assert any("c5-b: asked Abiquo to put it back to MANAGED, it is STOPPED" in w
                for w in warnings)
     reads = [s.path for s in fake.seen if s.method == "GET" and s.path.startswith("/api/m/")]
-    assert reads == ["/api/m/1?credentials=true", "/api/m/2?credentials=true"]
+    assert reads == ["/api/m/1", "/api/m/2"]
     puts = [json.loads(s.body) for s in fake.seen if s.method == "PUT"]
-    assert [(p["state"], p["user"], p["password"]) for p in puts] == [
-        ("MANAGED", "root", "hv-login"), ("MANAGED", "root", "hv-login")]
-    assert not [w for w in warnings if "hv-login" in w]
+    assert [(p["state"], p["ipmiIP"], p["ipmiUser"]) for p in puts] == [
+        ("MANAGED", "192.0.2.9", "ADMIN"), ("MANAGED", "192.0.2.9", "ADMIN")]
+    assert all("user" not in p and "password" not in p for p in puts)

@@ -191,10 +191,20 @@ def test_shared_datastore_with_performance_moves_without_copying(make_lab) -> No
         assert transfer["bytes"] == 0 and transfer["shared"] is True
 
 
-def test_site_plugin_strategy_and_halt(make_lab) -> None:
+def abiquo_24(description: str) -> str:
+    """A lab description for the emulator's Abiquo 2.4 profile (XML only, 2.0's field names);
+    Abiquo 2.4 supports CentOS 6.3 target hosts."""
+    return description.replace("[lab]\n", '[lab]\nabiquo = "2.4"\n', 1).replace(
+        'os = "centos-6.4"', 'os = "centos-6.3"')
+
+
+@pytest.mark.parametrize("profile", ["2.6", "2.4"])
+def test_site_plugin_strategy_and_halt(make_lab, profile: str) -> None:
     """The installed example site plugin (entry point) supplies the storage strategy chosen
-    in the site config; halt disables the source machine during the run and restores it."""
-    st = make_lab(SMALL_LAB)
+    in the site config; halt disables the source machine during the run and restores it. Run
+    against both of the emulator's Abiquo profiles (2.4: the client speaks XML only)."""
+    st = make_lab(SMALL_LAB if profile == "2.6" else abiquo_24(SMALL_LAB))
+    assert f'version = "{profile}"' in st.site_config.read_text()
     from rehost.lab.siteconfig import write_site_config
 
     write_site_config(st, storage="site-rsync", allocation="halt")

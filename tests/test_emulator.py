@@ -258,12 +258,24 @@ def test_deploys_land_where_rules_and_fit_policy_say(
     with pytest.raises(AbiquoError) as info:
         c.deploy(vm)
     assert (info.value.status, info.value.code) == (409, "VM-7")
+    with pytest.raises(AbiquoError) as info:  # not a power state
+        c.set_vm_state(vm, "REBOOT")
+    assert (info.value.status, info.value.code) == (400, "VM-10")
     undeploy("c5-b")
+    # undeploying a VM that is not deployed: accepted, nothing to do, no task to wait for
+    nothing = c.undeploy(vm)
+    assert nothing.untraceable and c.vm(vm).state == "NOT_ALLOCATED"
+    with pytest.raises(AbiquoError) as info:
+        c.power_on(vm)
+    assert (info.value.status, info.value.code) == (409, "VM-11")
     assert sha1_file(Path(st.data["volume"]["file"])) == st.data["volume"]["sha1"]
 
     # a 1% load-level rule blocks a machine
     rule_b = c.create_load_level_rule(machine(c, "c5-b"), cpu=1, ram=1)
     assert rule_b.target is not None and rule_b.target.rel == "machine"
+    with pytest.raises(AbiquoError) as info:  # one rule per machine: change it, never add
+        c.create_load_level_rule(machine(c, "c5-b"), cpu=50, ram=50)
+    assert info.value.status == 409
     assert deploy_lands_on() == "c5-a"
     undeploy("c5-a")
     rule_a = c.create_load_level_rule(machine(c, "c5-a"), cpu=1, ram=1)
@@ -308,17 +320,26 @@ def test_deploys_land_where_rules_and_fit_policy_say(
         c.set_machine_state(machine(c, name), "MANAGED")
     assert {m.state for m in c.machines()} == {"MANAGED"}
 
-    # the hypervisor login Abiquo keeps for each machine is shown only with ?credentials=true,
-    # and disabling then enabling a machine (a PUT of the whole machine) keeps it
+    # the hypervisor login Abiquo keeps for each machine is shown only with ?credentials=true;
+    # a PUT never writes it, and disabling then enabling a machine keeps its IPMI fields (a
+    # PUT writes those from its body)
     for name in ("c5-a", "c5-b", "c6-a"):
         m = machine(c, name)
-        assert c.get(m.url, "machine")["password"] is None
+        assert c.get(m.url, "machine").get("password") is None
         login = c.get(m.url, "machine", params={"credentials": "true"})
         assert login["user"] == "root" and login["password"]
+        ipmi = {k: c.get(m.url, "machine").get(k) for k in ("ipmiIP", "ipmiUser")}
+        assert all(ipmi.values())
         c.set_machine_state(m, "HALTED")
         c.set_machine_state(m, "MANAGED")
         after = c.get(m.url, "machine", params={"credentials": "true"})
         assert (after["user"], after["password"]) == (login["user"], login["password"]), name
+        assert {k: after.get(k) for k in ipmi} == ipmi
+        c.request("PUT", m.href("edit"), accept="machine", content="machine",
+                  body={**c.get(m.url, "machine"), "user": "intruder", "password": "x"})
+        assert c.get(m.url, "machine", params={"credentials": "true"})["user"] == "root"
+    # a state change neither to nor from HALTED is ignored
+    assert c.set_machine_state(machine(c, "c5-a"), "STOPPED").state == "MANAGED"
 
 
 def test_a_vm_is_locked_while_its_task_runs(make_lab: Callable[[str], LabState]) -> None:
@@ -327,6 +348,10 @@ def test_a_vm_is_locked_while_its_task_runs(make_lab: Callable[[str], LabState])
     v = st.vm("stay-a")
     vm = c.find_vm(uuid=v["uuid"])
     accepted = c.undeploy(vm, wait=False)
+    try:  # at once: LOCKED (Abiquo 2.0: VM-12), unless the undeploy already ended
+        assert c.undeploy(vm, wait=False).untraceable
+    except AbiquoError as exc:
+        assert (exc.status, exc.code) == (409, "VM-12")
     states = set()
     while True:
         # the VM is read before the task: if the task still runs after, it ran then too
@@ -343,7 +368,77 @@ def test_a_vm_is_locked_while_its_task_runs(make_lab: Callable[[str], LabState])
     accepted = c.deploy(vm, wait=False)
     with pytest.raises(AbiquoError) as info:
         c.deploy(vm, wait=False)
-    assert (info.value.status, info.value.code) in ((409, "VM-2"), (409, "VM-7"))
+    assert (info.value.status, info.value.code) == (409, "VM-7")
     c.wait_task(accepted.href("status"))
     assert c.vm(vm).state == "ON"
     assert isinstance(c.vm(vm), VirtualMachine)
+
+
+# -- the version profiles (an in-process emulator of the other profile on the session lab) --
+
+
+@pytest.fixture
+def emulator_24(lab: LabState):  # type: ignore[no-untyped-def]
+    """The session lab's hosts behind a second, in-process emulator playing Abiquo 2.4 (its
+    monitor is not started: it only reads)."""
+    from rehost.lab.emulator.server import EmulatorServer, serve_in_thread
+    from rehost.lab.emulator.service import Emulator
+
+    emu = Emulator(lab, profile="2.4")
+    emu.discover()
+    server = EmulatorServer(emu, "admin", "pw")
+    serve_in_thread(server)
+    yield server
+    server.shutdown()
+    server.server_close()
+    emu.stop()
+
+
+def test_the_profiles_speak_their_versions_media_types(lab: LabState, emulator_24) -> None:  # type: ignore[no-untyped-def]
+    import requests
+
+    emu = lab.data["emulator"]
+    password = Path(emu["password_file"]).read_text().strip()
+    assert emu["version"] == "2.6"
+
+    def get(base: str, path: str, auth: tuple[str, str],
+            accept: str | None = None) -> requests.Response:
+        headers = {"Accept": accept} if accept else {}
+        return requests.get(f"{base}/{path}", auth=auth, headers=headers, timeout=10)
+
+    machines = "admin/datacenters/1/racks/1/machines"
+    for base, auth in ((emu["url"], (emu["user"], password)),
+                       (emulator_24.base_url, ("admin", "pw"))):
+        plain = get(base, machines, auth)  # no Accept: XML, in both
+        assert plain.status_code == 200
+        assert plain.headers["Content-Type"].startswith("application/vnd.abiquo.machines+xml")
+        assert plain.text.lstrip().startswith("<?xml") and "<machines>" in plain.text
+    # 2.6: JSON when asked; its field names
+    j = get(emu["url"], machines, (emu["user"], password),
+            "application/vnd.abiquo.machines+json; version=2.6")
+    first = j.json()["collection"][0]
+    assert "networkInterfaces" in first and "virtualSwitch" not in first
+    # 2.4: XML only, 2.0's field names; no /cloud/virtualmachines; its own version only
+    base, auth = emulator_24.base_url, ("admin", "pw")
+    assert get(base, machines, auth,
+               "application/vnd.abiquo.machines+json; version=2.4").status_code == 406
+    assert get(base, machines, auth,
+               "application/vnd.abiquo.machines+xml; version=2.6").status_code == 406
+    assert get(base, "cloud/virtualmachines", auth).status_code == 404
+    err = get(base, "cloud/virtualmachines", auth)
+    assert err.headers["Content-Type"].startswith("application/vnd.abiquo.error+xml")
+    assert "<errors><error><code>404-NOT FOUND</code>" in err.text
+    c24 = AbiquoClient(base, "admin", "pw", version="2.4", backoff=0)
+    assert c24.format == "xml"
+    m = next(x for x in c24.machines() if x.name == "c5-a")
+    assert "virtualSwitch" in m.raw and "networkInterfaces" not in m.raw
+    vms = c24.machine_vms(m)
+    assert {v.nodeName for v in vms} == {v["name"] for v in lab.data["vms"]
+                                         if v["host"] == "c5-a"}
+    one = c24.vm(vms[0])
+    assert one.raw["idType"] == "1" and one.name == f"ABQ_{one.uuid}" and not one.captured
+    # found by its uuid through the machines' lists (2.4 has no global list)
+    assert c24.find_vm(uuid=one.uuid or "").url == one.url
+    c26 = client_for(lab)
+    assert c26.format == "json"
+    assert c26.vm(one.url.replace(base, emu["url"])).raw["type"] == "MANAGED"

@@ -62,34 +62,13 @@ def assert_moved(st: LabState, vm: str) -> str:
     return host
 
 
-@pytest.mark.parametrize(("strategy", "shared"), [("scp", False), ("tar", False),
-                                                  ("shared", True)])
-def test_a_campaign_moves_every_vm_to_the_new_hosts(make_lab, strategy: str,
-                                                    shared: bool) -> None:
-    st = make_lab(libvirt_lab(f"plain-{strategy}", shared=shared))
-    assert "emulator" not in st.data  # no Abiquo here
-    old_xml = virsh(st, "old-a", "dumpxml", "web-1")
-    assert OLD_EMULATOR in old_xml
+def use_storage(st: LabState, strategy: str) -> None:
     cfg = st.site_config.read_text()
     st.site_config.write_text(re.sub(r'(\[storage\]\nstrategy = )"[^"]*"',
                                      rf'\1"{strategy}"', cfg))
 
-    plan = json.loads(rehost("plan", "-c", str(st.site_config), "--json").stdout)
-    assert plan["ok"] and plan["control"] == "libvirt"
-    assert sorted(v["name"] for v in plan["vms"]) == ["db-1", "web-1"]
 
-    res = rehost("run", "-c", str(st.site_config))
-    assert res.returncode == 0, res.stdout + res.stderr
-    for vm in ("web-1", "db-1"):
-        host = assert_moved(st, vm)
-        new_xml = virsh(st, host, "dumpxml", vm)
-        assert OLD_EMULATOR not in new_xml  # the target's own QEMU
-        assert "/usr/bin/qemu-system-x86_64" in new_xml
-    # a copy: the backups stay on the old host until confirmed; a shared datastore: the one
-    # file was moved in place
-    for disk in st.vm("web-1")["disks"]:
-        assert shell(st, "old-a").exists(disk["path"] + "_BACK") is not shared
-
+def check_report(st: LabState, shared: bool) -> None:
     report = json.loads((st.root / "reports" / "report.json").read_text())
     assert report["outcome"] == "success"
     for v in report["vms"]:
@@ -106,6 +85,50 @@ def test_a_campaign_moves_every_vm_to_the_new_hosts(make_lab, strategy: str,
         assert v["shared_datastore"] is shared
     md = (st.root / "reports" / "report.md").read_text()
     assert "emulator" in md and OLD_EMULATOR in md
+
+
+def moved_from_adapted_xml(st: LabState, vm: str) -> None:
+    host = assert_moved(st, vm)
+    new_xml = virsh(st, host, "dumpxml", vm)
+    assert OLD_EMULATOR not in new_xml  # the target's own QEMU
+    assert "/usr/bin/qemu-system-x86_64" in new_xml
+
+
+def test_campaigns_with_scp_then_tar_move_the_vms_to_the_new_hosts(make_lab) -> None:
+    st = make_lab(libvirt_lab("plain-copy"))
+    assert "emulator" not in st.data  # no Abiquo here
+    assert OLD_EMULATOR in virsh(st, "old-a", "dumpxml", "web-1")
+
+    plan = json.loads(rehost("plan", "-c", str(st.site_config), "--json").stdout)
+    assert plan["ok"] and plan["control"] == "libvirt"
+    assert sorted(v["name"] for v in plan["vms"]) == ["db-1", "web-1"]
+
+    # one VM with scp, the other with tar: the same campaign, its journal goes on
+    for vm, strategy in (("web-1", "scp"), ("db-1", "tar")):
+        use_storage(st, strategy)
+        res = rehost("run", "-c", str(st.site_config), "--vm", vm)
+        assert res.returncode == 0, res.stdout + res.stderr
+        moved_from_adapted_xml(st, vm)
+    # a copy: the backups stay on the old host until confirmed
+    for disk in st.vm("web-1")["disks"]:
+        assert shell(st, "old-a").exists(disk["path"] + "_BACK")
+    check_report(st, shared=False)
+    report = json.loads((st.root / "reports" / "report.json").read_text())
+    assert {v["label"]: v["transfer_strategy"] for v in report["vms"]} == {
+        "web-1": "scp", "db-1": "tar"}
+
+
+def test_a_shared_datastore_campaign_moves_the_vms_in_place(make_lab) -> None:
+    st = make_lab(libvirt_lab("plain-shared", shared=True))
+    use_storage(st, "shared")
+    res = rehost("run", "-c", str(st.site_config))
+    assert res.returncode == 0, res.stdout + res.stderr
+    for vm in ("web-1", "db-1"):
+        moved_from_adapted_xml(st, vm)
+    # one file, moved in place: no backup left beside it
+    for disk in st.vm("web-1")["disks"]:
+        assert not shell(st, "old-a").exists(disk["path"] + "_BACK")
+    check_report(st, shared=True)
 
 
 FAIL_AT_START = '''

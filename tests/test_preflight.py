@@ -58,14 +58,17 @@ def test_a_critical_finding_stops_the_run_before_anything_changes(make_lab) -> N
     st = make_lab(TWO_HOST_LAB)
     good = st.site_config.read_text()
     assert "downtime_accepted = true" in good
-    cfg = good.replace('version = "2.6"', 'version = "2.4"').replace(
+    # the AIM version the config states is not the one Abiquo 2.6 needs (the emulator speaks
+    # its own version only: the config's version must stay the lab's)
+    cfg = good.replace("[abiquo]\n", '[abiquo]\naim_version = "1.5.3"\n').replace(
         "downtime_accepted = true", "downtime_accepted = false")
     st.site_config.write_text(cfg)
     before = rules_snapshot(st)
 
     plan = rehost("plan", "-c", str(st.site_config))
     assert plan.returncode == 1
-    assert "critical [compatibility] Abiquo 2.4 supports CentOS 6.3.x" in plan.stdout
+    assert "critical [aim-version] Abiquo 2.6 needs AIM 2.1.4, the config says 1.5.3" \
+        in plan.stdout
     assert "critical [downtime] every VM is powered off while it moves" in plan.stdout
 
     res = rehost("run", "-c", str(st.site_config))
