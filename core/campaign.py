@@ -10,6 +10,7 @@ ways to reach hosts (a :class:`~rehost.core.remote.Shell` and a
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import signal
 import tempfile
@@ -31,6 +32,21 @@ from rehost.core.types import FenceResult
 if TYPE_CHECKING:
     from rehost.core.hypervisor import Hypervisor
     from rehost.core.strategies import AllocationStrategy, ControlPlane, StorageStrategy
+
+
+def _sweep_control_dirs() -> None:
+    """Remove the ssh socket folders of rehost processes that died without cleaning up
+    (``rh-ssh-<pid>-*`` whose process is gone)."""
+    for d in Path(tempfile.gettempdir()).glob("rh-ssh-*-*"):
+        pid = d.name.split("-")[2]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except PermissionError:
+            continue  # someone else's, alive
 
 
 class Campaign:
@@ -93,7 +109,8 @@ class Campaign:
         self._control_dir: str | None = None
         self.ssh = config.ssh
         if config.ssh.control_dir is None:
-            self._control_dir = tempfile.mkdtemp(prefix="rh-ssh-")
+            _sweep_control_dirs()
+            self._control_dir = tempfile.mkdtemp(prefix=f"rh-ssh-{os.getpid()}-")
             self.ssh = dataclasses.replace(config.ssh, control_dir=self._control_dir)
         self._hypervisors: dict[tuple[str, int], Hypervisor] = {}
         self._facts: dict[str, HostFacts] = {}

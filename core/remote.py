@@ -10,10 +10,15 @@ The file primitives use only tools a CentOS 5 host has (coreutils 5.97, openssl 
 from __future__ import annotations
 
 import posixpath
+import queue
 import shlex
+import signal
+import subprocess
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import sh
 from loguru import logger
@@ -47,8 +52,9 @@ class SshOptions:
     """How to reach hosts over ssh. ``config`` is an ssh_config file (``ssh -F``).
 
     ``control_dir`` (a short path: sockets have a length limit) makes the commands to one host
-    share one ssh connection (``ControlMaster``), which is kept ``control_persist`` seconds
-    after the last command; :meth:`Shell.close` ends it at once.
+    share one ssh connection: a master connection that rehost starts itself and that dies with
+    it (:class:`_Masters`), so nothing rehost started on a host outlives rehost, even a
+    SIGKILL. :meth:`Shell.close` ends it at once.
     """
 
     config: str | None = None
@@ -57,7 +63,6 @@ class SshOptions:
     strict_host_keys: bool = True
     connect_timeout: int = 10
     control_dir: str | None = None
-    control_persist: int = 60
 
     def argv(self) -> list[str]:
         args: list[str] = []
@@ -70,9 +75,54 @@ class SshOptions:
         args += ["-o", "StrictHostKeyChecking=" + ("yes" if self.strict_host_keys else "no")]
         args += ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={self.connect_timeout}"]
         if self.control_dir:
-            args += ["-o", "ControlMaster=auto", "-o", f"ControlPath={self.control_dir}/%C",
-                     "-o", f"ControlPersist={self.control_persist}"]
+            # use the master when it is there, connect directly when it is not; never
+            # become a master that would linger in the background
+            args += ["-o", "ControlMaster=no", "-o", f"ControlPath={self.control_dir}/%C"]
         return args
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child, before exec
+    """Linux: this process gets SIGTERM when the thread that started it ends, so a master
+    connection never outlives rehost (PR_SET_PDEATHSIG)."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+
+
+class _Masters:
+    """Starts ssh master connections from one thread that lives as long as rehost: the
+    parent-death signal is sent when the *thread* that started a process ends."""
+
+    def __init__(self) -> None:
+        self._requests: queue.Queue[tuple[list[str], list[Any], threading.Event]] = \
+            queue.Queue()
+        threading.Thread(target=self._serve, name="ssh-masters", daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            argv, box, done = self._requests.get()
+            try:
+                box.append(subprocess.Popen(argv, stdin=subprocess.DEVNULL,
+                                            stdout=subprocess.DEVNULL,
+                                            stderr=subprocess.DEVNULL,
+                                            preexec_fn=_die_with_parent))
+            except Exception as exc:
+                box.append(exc)
+            done.set()
+
+    def start(self, argv: list[str]) -> subprocess.Popen[bytes]:
+        box: list[Any] = []
+        done = threading.Event()
+        self._requests.put((argv, box, done))
+        done.wait()
+        if isinstance(box[0], Exception):
+            raise box[0]
+        proc: subprocess.Popen[bytes] = box[0]
+        return proc
+
+
+_masters: _Masters | None = None
+_masters_lock = threading.Lock()
 
 
 def quote_argv(argv: Sequence[str]) -> str:
@@ -99,6 +149,9 @@ class Shell:
         self.ssh = ssh or SshOptions()
         self.name = name or address or "localhost"
         self.timeout = timeout
+        self._master: subprocess.Popen[bytes] | None = None
+        self._master_lock = threading.Lock()
+        self._master_failed = 0.0  # when a master last could not connect
 
     @property
     def is_local(self) -> bool:
@@ -112,10 +165,45 @@ class Shell:
 
     def close(self) -> None:
         """End the shared ssh connection, if there is one (nothing to do otherwise)."""
+        with self._master_lock:
+            master, self._master = self._master, None
+        if master is None:
+            return
+        master.terminate()
+        try:
+            master.wait(10)
+        except subprocess.TimeoutExpired:
+            master.kill()
+            master.wait()
+
+    def _ensure_master(self) -> None:
+        """The shared connection to this host, started on first use (and again if it died).
+        When it cannot be had, commands connect directly: slower, never wrong."""
         if self.is_local or not self.ssh.control_dir:
             return
-        sh.Command("ssh")(*self.ssh_argv()[1:], "-O", "exit", _ok_code=list(range(256)),
-                          _return_cmd=True, _timeout=30)
+        with self._master_lock:
+            if self._master is not None and self._master.poll() is None:
+                return
+            if time.monotonic() - self._master_failed < 60:
+                return  # it could not connect a moment ago: do not wait for it again
+            global _masters
+            with _masters_lock:
+                if _masters is None:
+                    _masters = _Masters()
+            argv = self.ssh_argv()
+            # ssh takes the first value of an option: this one before ControlMaster=no
+            argv = [argv[0], "-o", "ControlMaster=yes", *argv[1:-1], "-N", argv[-1]]
+            self._master = _masters.start(argv)
+            # ready when the socket answers; a master that cannot connect exits
+            deadline = time.monotonic() + self.ssh.connect_timeout + 5
+            check = [*self.ssh_argv()[:-1], "-O", "check", self.ssh_argv()[-1]]
+            while time.monotonic() < deadline and self._master.poll() is None:
+                if subprocess.run(check, stdin=subprocess.DEVNULL, capture_output=True,
+                                  timeout=30, check=False).returncode == 0:
+                    return
+                time.sleep(0.05)
+            self._master_failed = time.monotonic()
+            logger.debug("ssh to {}: no shared connection, each command connects", self.name)
 
     def command_argv(self, argv: Sequence[str]) -> list[str]:
         """The local argument list that runs ``argv`` on this host."""
@@ -138,6 +226,7 @@ class Shell:
         argv = [str(a) for a in argv]
         if not argv:
             raise ValueError("empty command")
+        self._ensure_master()
         full = self.command_argv(argv)
         limit = self.timeout if timeout is None else timeout
         logger.debug("run on {}: {}", self.name, quote_argv(argv))

@@ -137,3 +137,24 @@ def test_a_child_left_behind_does_not_keep_the_lock(tmp_path: Path) -> None:
             assert holder(tmp_path)["pid"] == os.getpid()  # type: ignore[index]
     finally:
         os.kill(child, signal.SIGKILL)
+
+
+def test_a_dead_rehosts_ssh_socket_folder_is_swept(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """``rh-ssh-<pid>-*`` folders of processes that are gone (a SIGKILLed rehost) are removed
+    when the next campaign starts; a live process's folder stays."""
+    import subprocess
+    import tempfile
+
+    from rehost.core.campaign import _sweep_control_dirs
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    dead = tmp_path / f"rh-ssh-{gone.pid}-abc"
+    alive = tmp_path / f"rh-ssh-{os.getpid()}-def"
+    other = tmp_path / "rh-ssh-notapid-x"
+    for d in (dead, alive, other):
+        d.mkdir()
+    _sweep_control_dirs()
+    assert not dead.exists() and alive.exists() and other.exists()
