@@ -102,6 +102,8 @@ class Campaign:
         self.stopping = threading.Event()
         #: the signal that stopped the campaign, if one did
         self.stopped_by: signal.Signals | None = None
+        #: a fault of a host or of the control plane that holds the VMs not yet taken down
+        self.fault: str | None = None
         self._lock = threading.RLock()
         self._shells: dict[str, Shell] = {}
         # one ssh connection per host for all of the campaign's commands (ControlMaster);

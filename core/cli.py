@@ -193,9 +193,11 @@ def resume_cmd(config_path: str) -> None:
     ctx = build_campaign(config_path, exclusive="rehost resume")
     rows = ctx.journal.vm_rows()
     if not rows:
+        started = bool(ctx.journal.events(None))
         ctx.close()
-        from rehost.core.errors import ConfigError
-
+        if started:  # the journal is there: the run stopped in its preflight
+            raise ConfigError("nothing to resume: the campaign stopped in its preflight, before "
+                              "any VM was touched; start it again with `rehost run`")
         raise ConfigError(f"nothing to resume: no campaign journal in {ctx.state_dir}")
     names = tuple(r["name"] for r in rows if r["status"] != "rolled_back")
     if not names:
@@ -238,7 +240,7 @@ def status_cmd(config_path: str, as_json: bool) -> None:
     if active is not None:
         click.echo(f"in progress: `{active.get('command', 'rehost')}`, pid {active.get('pid', '?')}"
                    f" on {active.get('host', '?')}, since {active.get('started', '?')}")
-    elif any(d["status"] in ("running", "interrupted") for d in data):
+    elif any(d["status"] in ("running", "interrupted", "held") for d in data):
         click.echo("interrupted: no rehost is working on this campaign now; `rehost resume` "
                    "goes on where it stopped")
     for d in data:

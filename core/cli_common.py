@@ -107,16 +107,20 @@ def run_and_report(ctx: Any, vms: tuple[str, ...]) -> None:
             click.echo(f"  {name}")
         return
     failed = [n for n, o in outcome.items() if o == "failed"]
-    waiting = [n for n, o in outcome.items() if o not in ("done", "failed")]
-    moved = len(outcome) - len(failed) - len(waiting)
+    back = [n for n, o in outcome.items() if o == "rolled_back"]
+    waiting = [n for n, o in outcome.items() if o not in ("done", "failed", "rolled_back")]
+    moved = sum(1 for o in outcome.values() if o == "done")
     click.echo(f"{moved} of {len(outcome)} VM(s) moved"
                + (f"; FAILED: {', '.join(failed)}" if failed else "")
+               + (f"; ROLLED BACK: {', '.join(back)}" if back else "")
                + (f"; not finished: {', '.join(waiting)}" if waiting else ""))
+    if ctx.fault is not None:
+        click.secho(f"held the VMs not yet powered off: {ctx.fault}", fg="red", err=True)
     for p in paths:
         click.echo(f"report: {p}")
     if ctx.stopped_by is not None:
         click.echo(f"stopped by {ctx.stopped_by.name}: the rules are put back and the report "
                    "is written; `rehost resume` goes on where it stopped", err=True)
         sys.exit(128 + ctx.stopped_by.value)  # the shell's way of saying "killed by it"
-    if failed or waiting:
+    if failed or back or waiting:
         sys.exit(1)

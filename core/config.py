@@ -14,6 +14,11 @@ Example (every key the core reads; see README.md and `rehost lab up` for a worki
     task_timeout = 600                     # control-plane task limit, seconds
     downtime_accepted = false              # true once the VMs' users agreed to the downtime:
                                            # run refuses without it (or --accept-downtime)
+    auto_rollback = false                  # a VM that fails start or verify on its new host
+                                           # goes back to its source host at once
+    hold_on_fault = true                   # after a fault of a host or of the control plane
+                                           # (a copy failed, the API is down), no further VM
+                                           # is powered off in this run
 
     [ssh]
     config = "/etc/rehost/ssh_config"      # ssh -F; or key / known_hosts
@@ -132,6 +137,11 @@ class CampaignConfig(_Section):
     power_off_timeout: Seconds = 60.0
     task_timeout: Seconds = 600.0
     downtime_accepted: bool = False
+    #: a VM that fails `start` or `verify` on its target goes back to its source host at once
+    auto_rollback: bool = False
+    #: after a fault of a host or of the control plane (a copy or a command that failed, the
+    #: API unreachable), no further VM is powered off in this run
+    hold_on_fault: bool = True
 
     @field_validator("report_dir")
     @classmethod

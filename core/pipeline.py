@@ -21,7 +21,14 @@ from types import FrameType
 from typing import Any
 
 from rehost.core.campaign import Campaign
-from rehost.core.errors import ConfigError, PluginError, PreconditionError, RehostError
+from rehost.core.errors import (
+    ConfigError,
+    ControlPlaneError,
+    HypervisorError,
+    PluginError,
+    RehostError,
+    RemoteError,
+)
 from rehost.core.model import VM, VM_STAGES, Finding
 from rehost.core.types import FenceResult, Result, VerifyResult
 
@@ -372,13 +379,61 @@ def run_vm(ctx: Campaign, vm: VM) -> str:
                 ctx.journal.set_status(vm.name, "interrupted",
                                        f"{stage}: not started, the campaign was stopped")
             return "interrupted"
+        if stage == "notify" and ctx.fault is not None:
+            # a host or the control plane failed another VM: this one stays up, untouched
+            ctx.journal.set_status(vm.name, "held", f"held before {stage}: {ctx.fault}")
+            ctx.log.warning("{}: not taken down: {}", vm.label or vm.name, ctx.fault)
+            return "held"
         try:
             run_stage(ctx, vm, stage, partial(_perform, ctx, vm, stage), done)
         except StageFailed as failed:
-            return "interrupted" if getattr(failed.error, "interrupted", False) else "failed"
+            if getattr(failed.error, "interrupted", False):
+                return "interrupted"
+            _note_fault(ctx, vm, stage, failed.error)
+            if stage in AUTO_ROLLBACK_STAGES and ctx.config.campaign.auto_rollback:
+                return _auto_rollback(ctx, vm, [*done, stage])
+            return "failed"
         done.append(stage)
     ctx.journal.set_status(vm.name, "done")
     return "done"
+
+
+#: a VM that fails here runs on the target no more: with ``campaign.auto_rollback`` it goes
+#: back to its source host at once
+AUTO_ROLLBACK_STAGES = ("start", "verify")
+
+
+def _auto_rollback(ctx: Campaign, vm: VM, done: list[str]) -> str:
+    ctx.log.warning("{}: rolling back to {} (campaign.auto_rollback)", vm.label or vm.name,
+                    vm.source_host)
+    try:
+        run_stage(ctx, vm, "rollback", partial(ctx.hooks.rollback_vm, vm, ctx), done)
+    except StageFailed:
+        return "failed"
+    ctx.journal.set_status(vm.name, "rolled_back", f"{done[-1]} failed: rolled back "
+                                                   "automatically")
+    return "rolled_back"
+
+
+def _note_fault(ctx: Campaign, vm: VM, stage: str, error: BaseException) -> None:
+    """A failure that is a host's or the control plane's, not this VM's own, holds every VM
+    not yet taken down (``campaign.hold_on_fault``): one outage, not one per VM."""
+    if not ctx.config.campaign.hold_on_fault or ctx.fault is not None:
+        return
+    status = getattr(error, "status", None)
+    if isinstance(error, RemoteError):
+        what = f"a command on {error.host} failed"
+    elif isinstance(error, ControlPlaneError) and (status is None or status >= 500):
+        what = "the control plane failed"
+    elif isinstance(error, HypervisorError) and stage not in AUTO_ROLLBACK_STAGES:
+        what = "libvirt failed"
+    elif stage == "deploy":
+        what = "the deploy went wrong"
+    else:
+        return  # this VM's own trouble (it does not start, a check refused it)
+    ctx.fault = f"{what} while moving {vm.label or vm.name} ({stage}): fix it, then " \
+                "`rehost resume`"
+    ctx.log.error("holding the VMs not yet powered off: {}", ctx.fault)
 
 
 def _perform(ctx: Campaign, vm: VM, stage: str, **extra: Any) -> Result:
@@ -444,10 +499,17 @@ def confirm(ctx: Campaign, only: list[str] | None = None) -> dict[str, Any]:
 def rollback(ctx: Campaign, names: list[str]) -> dict[str, Any]:
     """Put VMs that stopped part-way back on their source hosts (the ``rollback`` stage)."""
     with configured(ctx):
-        if ctx.journal.get("fenced") is not None and not ctx.journal.get("unfenced"):
-            raise PreconditionError("the campaign is still fenced (a run is going on, or was "
-                                    "interrupted: `rehost resume` it first)")
         todo = [_journal_vm(ctx, name) for name in names]
+        saved = ctx.journal.get("fenced")
+        if saved is not None and not ctx.journal.get("unfenced"):
+            # an interrupted run left the fence up (no run is going on: this command holds
+            # the campaign's lock). The VM goes back where the fence would keep it out, so
+            # the fence comes down first; `rehost resume` puts it up again.
+            ctx.log.warning("the campaign was interrupted while fenced: unfencing before the "
+                            "rollback (`rehost resume` fences again)")
+            run_stage(ctx, None, "unfence",
+                      partial(ctx.hooks.unfence, ctx, FenceResult.model_validate(saved)))
+            ctx.journal.set("unfenced", True)
         out: dict[str, Any] = {}
         try:
             for vm, row in todo:

@@ -83,6 +83,11 @@ class StorageStrategy(Strategy):
         """Bytes ``disk`` takes on the target datastore once moved (0: nothing copied)."""
         return 0
 
+    def check_vm(self, vm: VM, ctx: Context) -> list[Finding]:
+        """What would stop this VM's disks from moving, said before the VM is powered off
+        (preflight, and ``backup_xml``): e.g. a path the strategy cannot carry safely."""
+        return []
+
     @abstractmethod
     def preserve_disks(self, vm: VM, ctx: Context) -> PreserveResult: ...
 
@@ -194,6 +199,16 @@ class ControlPlane(Strategy):
             live_path.write_text(live)
         text = live_path.read_text() if live_path.exists() else path.read_text()
         vm.disks = parse_disks(text)
+        # what would stop the disks later stops the VM now, while it still runs
+        src = ctx.shell(_source(vm))
+        missing = [d.source for d in vm.file_disks() if not src.exists(d.source or "")
+                   and not src.exists((d.source or "") + "_BACK")]
+        if missing:
+            raise PreconditionError(f"{vm.name}: its disk {missing[0]} is not on "
+                                    f"{vm.source_host}: nothing was changed")
+        refused = [f for f in ctx.storage.check_vm(vm, ctx) if f.severity == "critical"]
+        if refused:
+            raise PreconditionError(f"{vm.name}: {refused[0].message}: nothing was changed")
         return BackupXmlResult(xml=str(path), disks=len(vm.disks),
                                file_disks=[d.source or "" for d in vm.file_disks()],
                                other_disks=[d.source for d in vm.disks if not d.is_file])

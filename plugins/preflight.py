@@ -4,7 +4,15 @@ The control plane and the strategies add their own (``preflight`` of each)."""
 
 from __future__ import annotations
 
-from rehost.api import Context, Finding, HostFacts, RehostError, hookimpl, same_datastore
+from rehost.api import (
+    Context,
+    Finding,
+    HostFacts,
+    RehostError,
+    TransferResult,
+    hookimpl,
+    same_datastore,
+)
 
 
 @hookimpl
@@ -54,6 +62,8 @@ def _space(ctx: Context, targets: list[str], facts: dict[str, HostFacts]) -> lis
     biggest = 0
     out: list[Finding] = []
     for vm in ctx.vms:
+        if vm.fact(TransferResult) is not None:
+            continue  # resumed: its disks are on the target already (counted in its free space)
         if not vm.disks and vm.source_host:
             try:
                 vm.disks = ctx.hypervisor(vm.source_host).disks(vm.name)
@@ -61,6 +71,7 @@ def _space(ctx: Context, targets: list[str], facts: dict[str, HostFacts]) -> lis
                 out.append(Finding("critical", "disks", f"cannot list disks: {exc}",
                                    vm=vm.label or vm.name))
                 continue
+        out.extend(ctx.storage.check_vm(vm, ctx))
         size = 0
         for d in vm.file_disks():
             try:

@@ -276,7 +276,8 @@ def build_report(journal: Journal, *, campaign: str, storage: str, allocation: s
     transfer_seconds = sum(v["transfer_seconds"] or 0 for v in vms)
     bytes_moved = sum(v["bytes_moved"] for v in vms)
     failed = [v for v in vms if v["outcome"] == "failed"]
-    unfinished = [v for v in vms if v["outcome"] in ("pending", "running", "interrupted")]
+    unfinished = [v for v in vms if v["outcome"] in ("pending", "running", "interrupted",
+                                                     "held")]
     report = {
         "schema_version": SCHEMA_VERSION,
         "generated": _iso(now if now is not None else time.time()),

@@ -66,7 +66,18 @@ def template_dirs(ctx: Context) -> list[str]:
     return dirs
 
 
-def environment(template_dir: TemplateDirs = None) -> jinja2.Environment:
+def markdown_text(value: Any) -> Any:
+    """A value as Markdown text: data, never markup. A VM's name or an error message may hold
+    ``<script>`` or ``|``; Markdown would pass the one through as HTML and break a table on
+    the other. Newlines would end a table row."""
+    if not isinstance(value, str):
+        return value
+    text = value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return text.replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+
+
+def environment(template_dir: TemplateDirs = None, *, markdown: bool = False
+                ) -> jinja2.Environment:
     builtin = jinja2.PackageLoader("rehost.reports", "templates")
     loaders: list[jinja2.BaseLoader] = []
     dirs = [template_dir] if isinstance(template_dir, str) else list(template_dir or [])
@@ -78,6 +89,7 @@ def environment(template_dir: TemplateDirs = None) -> jinja2.Environment:
         autoescape=jinja2.select_autoescape(["html", "html.j2"]),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
+        finalize=markdown_text if markdown else None,
     )
     env.filters["filesize"] = filesize
     env.filters["seconds"] = seconds
@@ -88,7 +100,8 @@ def environment(template_dir: TemplateDirs = None) -> jinja2.Environment:
 
 def render(name: str, report: dict[str, Any], template_dir: TemplateDirs = None,
            **extra: Any) -> str:
-    return environment(template_dir).get_template(name).render(r=report, **extra)
+    env = environment(template_dir, markdown=name.endswith(".md.j2"))
+    return env.get_template(name).render(r=report, **extra)
 
 
 def write(path: Path, text: str) -> str:

@@ -141,11 +141,13 @@ def rehost_vm_start(vm, ctx):
 '''
 
 
-def test_sigkill_resume_and_rollback_without_abiquo(make_lab, tmp_path: Path) -> None:
+def test_sigkill_resume_and_auto_rollback_without_abiquo(make_lab, tmp_path: Path) -> None:
+    """Killed during a copy, resumed; a VM that will not start on its new host goes back to
+    its old one at once (campaign.auto_rollback), on its own disks, defined as it was."""
     st = make_lab(libvirt_lab("plain-resume"))
     plugin = tmp_path / "no_start.py"
     plugin.write_text(FAIL_AT_START)
-    add_to_site_config(st, f'[plugins]\nfiles = ["{plugin}"]')
+    add_to_site_config(st, f'[plugins]\nfiles = ["{plugin}"]\n\n[campaign]\nauto_rollback = true')
     journal = st.root / "state" / "journal.sqlite"
     proc = subprocess.Popen([sys.executable, "-m", "rehost.core.cli", "run", "-c",
                              str(st.site_config)], stdout=subprocess.PIPE,
@@ -157,14 +159,13 @@ def test_sigkill_resume_and_rollback_without_abiquo(make_lab, tmp_path: Path) ->
         proc.wait()
 
     res = rehost("resume", "-c", str(st.site_config))
-    assert res.returncode == 1, res.stdout + res.stderr  # db-1 does not start: it failed
+    assert res.returncode == 1, res.stdout + res.stderr  # one VM did not move
+    assert "ROLLED BACK: db-1" in res.stdout
     assert assert_moved(st, "web-1")
     status = json.loads(rehost("status", "-c", str(st.site_config), "--json").stdout)
     rows = {r["label"]: r for r in status["vms"]}
-    assert rows["db-1"]["status"] == "failed" and rows["db-1"]["stage"] == "start"
-
-    back = rehost("rollback", "-c", str(st.site_config), "--vm", "db-1")
-    assert back.returncode == 0, back.stdout + back.stderr
+    assert rows["db-1"]["status"] == "rolled_back"
+    assert rows["db-1"]["error"] == "start failed: rolled back automatically"
     assert where_is(st, "db-1") == {"old-a": "running"}
     src = shell(st, "old-a")
     for disk in st.vm("db-1")["disks"]:
@@ -172,3 +173,9 @@ def test_sigkill_resume_and_rollback_without_abiquo(make_lab, tmp_path: Path) ->
         assert not src.exists(disk["path"] + "_BACK")
     # defined again from its own saved XML: the old host's QEMU, as before
     assert OLD_EMULATOR in virsh(st, "old-a", "dumpxml", "db-1")
+    report = json.loads((st.root / "reports" / "report.json").read_text())
+    db = next(v for v in report["vms"] if v["label"] == "db-1")
+    assert db["outcome"] == "rolled_back" and db["still_down"] is False
+    # nothing more to roll back by hand
+    again = rehost("rollback", "-c", str(st.site_config), "--vm", "db-1")
+    assert again.returncode == 0 and "nothing to roll back" in again.stdout

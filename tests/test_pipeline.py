@@ -703,3 +703,87 @@ def test_a_result_of_the_wrong_shape_names_the_plugin_the_stage_and_the_field(
         assert "verify" not in j.finished_stages("ABQ_web01")
     finally:
         j.close()
+
+
+# -- a fault of a host holds the others; auto rollback ---------------------------------------
+
+
+def test_a_target_fault_holds_the_vms_not_yet_taken_down(tmp_path: Path) -> None:
+    from rehost.core.errors import RemoteError
+
+    full = RemoteError("c5-a", ["scp", "-p", "/var/lib/virt/a_BACK", "root@new:/var/lib/virt"],
+                       "exited with 1", 1, "", "scp: /var/lib/virt/a_BACK: No space left on "
+                       "device")
+    performer = Performer(["a", "b", "c"], fail={("ABQ_a", "transfer"): full})
+    ctx, recorder = campaign(tmp_path, performer)
+    try:
+        outcome = run_campaign(ctx)
+        assert ctx.fault is not None and "a command on c5-a failed" in ctx.fault
+    finally:
+        ctx.close()
+    # one outage, not three: b and c were never powered off
+    assert outcome == {"ABQ_a": "failed", "ABQ_b": "held", "ABQ_c": "held"}
+    for held in ("b", "c"):
+        assert f"vm_power_off {held}" not in recorder.calls
+        assert f"notify downtime_start {held}" not in recorder.calls
+    assert performer.unfenced == [{"fenced": ["old"], "run": 1}]
+    j = journal(tmp_path)
+    try:
+        rows = {r["vm"]["label"]: r for r in j.vm_rows()}
+        assert rows["b"]["status"] == "held"
+        assert rows["b"]["error"].startswith("held before notify: a command on c5-a failed "
+                                             "while moving a (transfer)")
+    finally:
+        j.close()
+
+    # once the operator fixed it, resume moves the held ones
+    ctx, _ = campaign(tmp_path, Performer(["a", "b", "c"]))
+    try:
+        assert run_campaign(ctx) == {"ABQ_a": "done", "ABQ_b": "done", "ABQ_c": "done"}
+    finally:
+        ctx.close()
+
+
+def test_a_vm_that_will_not_start_holds_no_one(tmp_path: Path) -> None:
+    from rehost.core.errors import PreconditionError
+
+    stuck = PreconditionError("ABQ_a is shut off on new after start")
+    performer = Performer(["a", "b"], fail={("ABQ_a", "start"): stuck})
+    ctx, _ = campaign(tmp_path, performer)
+    try:
+        assert run_campaign(ctx) == {"ABQ_a": "failed", "ABQ_b": "done"}
+        assert ctx.fault is None
+    finally:
+        ctx.close()
+
+
+class RollsBack(Performer):
+    @hookimpl
+    def rehost_rollback_vm(self, vm: VM, ctx: Campaign) -> dict[str, Any]:
+        vm.target_host = None
+        return {"host": "old", "steps": ["put back by the test"]}
+
+
+def test_auto_rollback_puts_a_vm_that_fails_start_back(tmp_path: Path) -> None:
+    from rehost.core.errors import PreconditionError
+
+    stuck = PreconditionError("ABQ_a is shut off on new after start")
+    performer = RollsBack(["a", "b"], fail={("ABQ_a", "start"): stuck})
+    ctx, recorder = campaign(tmp_path, performer)
+    ctx.config.campaign.auto_rollback = True
+    try:
+        assert run_campaign(ctx) == {"ABQ_a": "rolled_back", "ABQ_b": "done"}
+    finally:
+        ctx.close()
+    a = recorder.for_vm("a")
+    assert a[a.index("stage_error start a"):] == [
+        "stage_error start a", "notify failed a", "stage_start rollback a", "rollback_vm a",
+        "stage_finish rollback a", "notify downtime_end a"]
+    j = journal(tmp_path)
+    try:
+        rows = {r["vm"]["label"]: r for r in j.vm_rows()}
+        assert (rows["a"]["status"], rows["a"]["error"]) == (
+            "rolled_back", "start failed: rolled back automatically")
+        assert rows["a"]["vm"]["target_host"] is None
+    finally:
+        j.close()

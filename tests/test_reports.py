@@ -566,3 +566,19 @@ def test_html_renders_in_a_browser_at_100_vms_without_errors(
     assert png_size(png) == (1400, 2400)
     assert png.stat().st_size > 50_000, "the screenshot looks blank"
     keep_screenshot(png)
+
+
+def test_markdown_shows_a_hostile_name_as_text(tmp_path: Path, clock: Clock) -> None:
+    """A VM named with HTML and a table separator stays text in the Markdown report (where
+    raw HTML would be rendered), and keeps the table's shape."""
+    hostile = "<img src=x onerror=alert(1)>|x"
+    j = campaign(tmp_path, clock, [hostile], fail={hostile: ("transfer", "<b>boom</b>\nline")})
+    try:
+        md = render_markdown(model(j))
+    finally:
+        j.close()
+    assert "<img" not in md and "<b>" not in md
+    assert "&lt;img src=x onerror=alert(1)&gt;\\|x" in md
+    row = next(line for line in md.splitlines() if line.startswith("| &lt;img"))
+    assert row.count(" | ") == md.splitlines()[
+        md.splitlines().index(row) - 2].count(" | ")  # as many cells as the header

@@ -16,6 +16,7 @@ from rehost.api import (
     VM,
     Context,
     DatastoreStrategy,
+    Finding,
     Host,
     PreconditionError,
     Shell,
@@ -35,12 +36,16 @@ class ScpCopy(DatastoreStrategy):
         self.timeout = float(self.options.pop("timeout", 6 * 3600))
         self.cipher = self.options.pop("cipher", None)
 
+    def check_vm(self, vm: VM, ctx: Context) -> list[Finding]:
+        return [Finding("critical", "unsafe-path",
+                        f"scp cannot carry {backup_path(d)!r} safely (characters a shell would "
+                        "interpret)", vm=vm.label or vm.name)
+                for d in vm.file_disks() if not shell_safe(backup_path(d))]
+
     def transfer(self, vm: VM, ctx: Context) -> TransferResult:
-        for disk in vm.file_disks():
-            back = backup_path(disk)
-            if not shell_safe(back):
-                raise PreconditionError(f"scp cannot carry {back!r} safely (characters a shell "
-                                        "would interpret); nothing was copied")
+        refused = self.check_vm(vm, ctx)
+        if refused:
+            raise PreconditionError(f"{refused[0].message}; nothing was copied")
         return self.copy_disks(vm, ctx, self.copy_one)
 
     def copy_one(self, source: Shell, path: str, target: Host) -> None:

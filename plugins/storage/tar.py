@@ -17,6 +17,7 @@ from rehost.api import (
     VM,
     Context,
     DatastoreStrategy,
+    Finding,
     Host,
     PreconditionError,
     Shell,
@@ -38,11 +39,16 @@ class TarSparseCopy(DatastoreStrategy):
     def take_options(self) -> None:
         self.timeout = float(self.options.pop("timeout", 6 * 3600))
 
+    def check_vm(self, vm: VM, ctx: Context) -> list[Finding]:
+        return [Finding("critical", "unsafe-path",
+                        f"tar will not carry {backup_path(d)!r} (a leading '-')",
+                        vm=vm.label or vm.name)
+                for d in vm.file_disks() if os.path.basename(backup_path(d)).startswith("-")]
+
     def transfer(self, vm: VM, ctx: Context) -> TransferResult:
-        for disk in vm.file_disks():
-            if os.path.basename(backup_path(disk)).startswith("-"):
-                raise PreconditionError(f"tar will not carry {backup_path(disk)!r} (a leading "
-                                        "'-')")
+        refused = self.check_vm(vm, ctx)
+        if refused:
+            raise PreconditionError(f"{refused[0].message}; nothing was copied")
         return self.copy_disks(vm, ctx, self.copy_one, measure="allocated")
 
     def copy_one(self, source: Shell, path: str, target: Host) -> None:
