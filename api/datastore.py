@@ -299,6 +299,24 @@ class DatastoreStrategy(StorageStrategy):
         src = source_host(vm)
         return [self.matches_user_disk(vm, ctx, src, d, d.source or "") for d in vm.file_disks()]
 
+    def discard_copies(self, vm: VM, ctx: Context, host: str) -> list[str]:
+        src = source_host(vm)
+        if host == src:
+            return []
+        there, here = ctx.shell(host), ctx.shell(src)
+        steps = []
+        for disk in vm.file_disks():
+            path = disk.source or ""
+            # the user's disk is at its path on the source, checked: the source's own file
+            # must not be what the other host sees (a shared datastore)
+            if not here.exists(path) or same_datastore(here, there, path):
+                continue
+            for leftover in (backup_path(disk), path):
+                if there.exists(leftover):
+                    there.remove(leftover)
+                    steps.append(f"removed the copy {leftover} on {host}")
+        return steps
+
     # -- helpers for strategies ---------------------------------------------------------------
 
     def copy_disks(self, vm: VM, ctx: Context,

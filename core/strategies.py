@@ -125,6 +125,11 @@ class StorageStrategy(Strategy):
     def check_restored(self, vm: VM, ctx: Context) -> list[DiskCheck]:
         """The disks at their paths on the source host are the user's."""
 
+    def discard_copies(self, vm: VM, ctx: Context, host: str) -> list[str]:
+        """After a rollback whose disks were checked on the source: remove what the move left
+        on ``host`` (copies, a partial copy). Never the only copy. Returns the steps taken."""
+        return []
+
 
 class AllocationStrategy(Strategy):
     """Makes the control plane place new deploys on the target hosts only, and puts that

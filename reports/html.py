@@ -90,9 +90,11 @@ def timeline(report: dict[str, Any]) -> dict[str, Any]:
         down = None
         if vm is not None and vm["downtime_start"]:
             first = next((s for s in stages if s["stage"] == "power_off"), None)
-            last = next((s for s in stages if s["stage"] == "start"), None)
+            # the downtime ends when the VM runs again: started on its target, or rolled back
+            ends_at = [s["end_ts"] for s in stages
+                       if s["stage"] in ("start", "rollback") and s["outcome"] == "done"]
             if first and first["start_ts"]:
-                end_ts = last["end_ts"] if last and not vm["still_down"] else t1
+                end_ts = ends_at[-1] if ends_at and not vm["still_down"] else t1
                 down = {"x": x(first["start_ts"]),
                         "w": round(max((end_ts - first["start_ts"]) / span * PLOT_WIDTH, 1), 2),
                         "still": vm["still_down"]}

@@ -582,3 +582,31 @@ def test_markdown_shows_a_hostile_name_as_text(tmp_path: Path, clock: Clock) -> 
     row = next(line for line in md.splitlines() if line.startswith("| &lt;img"))
     assert row.count(" | ") == md.splitlines()[
         md.splitlines().index(row) - 2].count(" | ")  # as many cells as the header
+
+
+def test_a_vm_killed_in_start_then_rolled_back_is_reported_up_again(tmp_path: Path,
+                                                                    clock: Clock) -> None:
+    """The run died while the VM started on its target (the stage never ended); the operator
+    rolled it back. Its downtime ends with the rollback, in every format."""
+    j = campaign(tmp_path, clock, ["web01"])
+    vm = vm_record(0, "victim")
+    j.add_vm(vm, 1)
+    for stage in VM_STAGES[:VM_STAGES.index("start")]:
+        j.record(vm, stage, "start")
+        clock.tick(1)
+        j.record(vm, stage, "finish", stage_result(vm, stage, 10, "c6-a"))
+    j.record(vm, "start", "start")  # killed here
+    clock.tick(30)
+    j.record(vm, "rollback", "start")
+    clock.tick(20)
+    j.record(vm, "rollback", "finish", {"host": "c5-a", "steps": ["put back"]})
+    j.set_status(vm.name, "rolled_back")
+    try:
+        report = model(j)
+    finally:
+        j.close()
+    victim = next(v for v in report["vms"] if v["label"] == "victim")
+    assert (victim["outcome"], victim["still_down"]) == ("rolled_back", False)
+    assert victim["downtime_seconds"] == 59.0  # power_off started ... rollback ended
+    html = render_html(report)
+    assert "victim" in html

@@ -35,7 +35,7 @@ class LoadLevelFence(AllocationStrategy):
         self.cpu = int(options.pop("cpu", 1))
         self.ram = int(options.pop("ram", 1))
         # without a control plane that places VMs: the load-level rule of each target host
-        self.target_cpu = int(options.pop("target_cpu", 100))
+        self.target_cpu = int(options.pop("target_cpu", 400))
         self.target_ram = int(options.pop("target_ram", 100))
         if options:
             raise ConfigError(f"unknown key allocation.options.{sorted(options)[0]} for "
@@ -44,8 +44,9 @@ class LoadLevelFence(AllocationStrategy):
     def choose_target(self, vm: VM, ctx: Context, need: Need,
                       targets: list[TargetLoad]) -> str | None:
         """Without a control plane that places VMs: a load-level rule on each target host
-        (``target_cpu``, ``target_ram`` percent of its CPUs and RAM, 100 by default; more is
-        oversubscription), and the most loaded target that stays within it is filled first
+        (``target_cpu``, ``target_ram`` percent of its CPUs and RAM: 400 and 100 by default;
+        above 100 is oversubscription), and the most loaded target that stays within it is
+        filled first
         (Abiquo's default, PROGRESSIVE), so that whole hosts stay free."""
         fits = [t for t in targets
                 if (t.used_cpus + need.cpus) * 100 <= t.cpus * self.target_cpu

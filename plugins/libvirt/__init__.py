@@ -264,6 +264,8 @@ class LibvirtControl(ControlPlane):
         if state != "running":
             raise PreconditionError(f"{vm.name} is {state} on {src} after start")
         disks = ctx.storage.check_restored(vm, ctx)
+        if vm.target_host and vm.target_host != src:
+            steps += ctx.storage.discard_copies(vm, ctx, vm.target_host)
         vm.target_host = None
         return RollbackResult(host=src, steps=steps, disks=disks, libvirt_state=state)
 
