@@ -1,0 +1,103 @@
+"""Faults of the site, injected in the lab (not simulated in-process): the target host's sshd
+dies while a VM's disks are being copied to it. That VM stops at a safe point; the VMs not yet
+taken down are held, still running on their source host (one outage, not one per VM); once
+sshd is back, `rehost resume` moves them all with their bytes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from rehost.lab import hosts as labhosts
+from rehost.lab.lab import LabState
+from tests.campaign_helpers import rehost, shell
+from tests.test_libvirt_lab import virsh, where_is
+from tests.test_resume_lab import wait_for_stage
+
+pytestmark = [pytest.mark.lab, pytest.mark.slow]
+
+THREE_VMS = ('[lab]\nname = "faults"\ncontrol = "libvirt"\n\n'
+             '[[hosts]]\nname = "old-a"\nos = "centos-5.11"\n\n'
+             '[[hosts]]\nname = "new-a"\nos = "centos-6.4"\n'
+             # the first one's copy takes long enough for the fault to land inside it
+             '\n[[vms]]\nname = "big"\nhost = "old-a"\n'
+             'disks = [{ size_mib = 640, format = "raw", data_mib = 600 }]\n'
+             + "".join(f'\n[[vms]]\nname = "vm{i}"\nhost = "old-a"\n'
+                       'disks = [{ size_mib = 32, format = "raw", data_mib = 2 }]\n'
+                       for i in (1, 2)))
+
+
+def sshd_pids(st: LabState, host: str) -> list[int]:
+    """Every sshd of a lab host: its listener and one per connection."""
+    found = []
+    for pid in labhosts.netns_pids(st.layout(host).netns):
+        try:
+            if Path(f"/proc/{pid}/comm").read_text().strip() == "sshd":
+                found.append(pid)
+        except OSError:
+            continue
+    return found
+
+
+def restart_sshd(st: LabState, host: str) -> None:
+    """sshd again, in the host's own namespaces (those of its libvirtd)."""
+    libvirtd = labhosts.read_pid(st.layout(host).path("run") / "libvirtd.pid")
+    assert libvirtd is not None
+    subprocess.run(["nsenter", "-t", str(libvirtd), "-m", "-u", "-n", "/usr/sbin/sshd", "-f",
+                    "/etc/ssh/sshd_config_lab"], check=True, timeout=30)
+    deadline = time.monotonic() + 30
+    while shell(st, host).run(["true"], check=False).exit_code != 0:
+        assert time.monotonic() < deadline, "sshd did not come back"
+        time.sleep(0.2)
+
+
+def test_the_target_sshd_dies_mid_copy_the_others_are_held_and_resume_finishes(
+        make_lab) -> None:
+    st = make_lab(THREE_VMS)
+    journal = st.root / "state" / "journal.sqlite"
+    proc = subprocess.Popen([sys.executable, "-m", "rehost.core.cli", "run", "-c",
+                             str(st.site_config)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_stage(journal, "transfer", time.monotonic() + 300)
+        for pid in sshd_pids(st, "new-a"):  # the target's sshd is gone, mid-copy
+            os.kill(pid, signal.SIGKILL)
+        out, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 1, out + err
+    assert "held the VMs not yet powered off" in err and "`rehost resume`" in err
+
+    status = json.loads(rehost("status", "-c", str(st.site_config), "--json").stdout)
+    rows = {r["label"]: r for r in status["vms"]}
+    assert (rows["big"]["status"], rows["big"]["stage"]) == ("failed", "transfer")
+    for name in ("vm1", "vm2"):
+        # never taken down: still running where it was, its disk untouched
+        assert rows[name]["status"] == "held"
+        assert virsh(st, "old-a", "domstate", name) == "running"  # (new-a is unreachable)
+        disk = st.vm(name)["disks"][0]
+        assert shell(st, "old-a").checksum(disk["path"], "sha1") == disk["sha1"]
+    # the failed VM's disk is safe on its source host
+    big = st.vm("big")["disks"][0]
+    assert shell(st, "old-a").checksum(big["path"] + "_BACK", "sha1") == big["sha1"]
+    report = json.loads((st.root / "reports" / "report.json").read_text())
+    assert {v["label"]: v["outcome"] for v in report["vms"]} == {
+        "big": "failed", "vm1": "held", "vm2": "held"}
+
+    restart_sshd(st, "new-a")
+    res = rehost("resume", "-c", str(st.site_config))
+    assert res.returncode == 0, res.stdout + res.stderr
+    for name in ("big", "vm1", "vm2"):
+        assert where_is(st, name) == {"new-a": "running"}
+        for disk in st.vm(name)["disks"]:
+            assert shell(st, "new-a").checksum(disk["path"], "sha1") == disk["sha1"]
+    assert "qemu-system-x86_64" in virsh(st, "new-a", "dumpxml", "vm1")
