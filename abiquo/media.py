@@ -114,6 +114,8 @@ def _is_collection(tag: str, items: list[Any]) -> bool:
 def _value(el: Any, collection: bool | None = None) -> Any:
     children = list(el)
     if not children:
+        if collection or (collection is None and el.tag in COLLECTION_ELEMENTS):
+            return {"links": [], "collection": []}
         return el.text or None
     links = [_link(c) for c in children if c.tag == "link"]
     others = [c for c in children if c.tag != "link"]

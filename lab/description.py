@@ -87,10 +87,10 @@ class LabDescription:
 ABIQUO_PROFILES = ("2.4", "2.6")
 
 
-def default_abiquo_profile() -> str:
-    """``[lab] abiquo`` when the description does not say: REHOST_LAB_ABIQUO, else 2.6 (so
-    that a whole test suite can be run against the other profile)."""
-    return os.environ.get("REHOST_LAB_ABIQUO") or "2.6"
+def default_abiquo_profile() -> str | None:
+    """``[lab] abiquo`` when the description does not say: REHOST_LAB_ABIQUO (so that a whole
+    test suite can be run against the other profile), else None (2.6)."""
+    return os.environ.get("REHOST_LAB_ABIQUO") or None
 
 
 def _stable_uuid(lab: str, name: str) -> str:
@@ -119,7 +119,8 @@ def parse_description(text: str, source: str = "<string>") -> LabDescription:
     if control not in ("abiquo", "libvirt"):
         raise ConfigError(f"lab description: lab.control is {control!r}: choose abiquo (an "
                           "Abiquo API emulator runs) or libvirt (plain libvirt hosts)")
-    abiquo = str(lab.get("abiquo") or default_abiquo_profile())
+    override = None if lab.get("abiquo") else default_abiquo_profile()
+    abiquo = str(lab.get("abiquo") or override or "2.6")
     if abiquo not in ABIQUO_PROFILES:
         raise ConfigError(f"lab description: lab.abiquo is {abiquo!r}: choose "
                           f"{' or '.join(ABIQUO_PROFILES)} (the Abiquo version the emulator "
@@ -132,7 +133,11 @@ def parse_description(text: str, source: str = "<string>") -> LabDescription:
                 f"lab description: hosts[{i}].os is {h.get('os')!r}: choose one of "
                 f"{', '.join(PERSONALITIES)}"
             )
-        hosts.append(LabHost(str(h["name"]), str(h["os"]), int(h.get("cpus", 4)),
+        os_name = str(h["os"])
+        if override == "2.4" and os_name == "centos-6.4":
+            # a description written for 2.6, played as 2.4: Abiquo 2.4 supports CentOS 6.3
+            os_name = "centos-6.3"
+        hosts.append(LabHost(str(h["name"]), os_name, int(h.get("cpus", 4)),
                              int(h.get("ram_mib", 8192))))
     if not hosts:
         raise ConfigError("lab description: no hosts")

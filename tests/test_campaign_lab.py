@@ -203,7 +203,8 @@ def test_site_plugin_strategy_and_halt(make_lab, profile: str) -> None:
     """The installed example site plugin (entry point) supplies the storage strategy chosen
     in the site config; halt disables the source machine during the run and restores it. Run
     against both of the emulator's Abiquo profiles (2.4: the client speaks XML only)."""
-    st = make_lab(SMALL_LAB if profile == "2.6" else abiquo_24(SMALL_LAB))
+    st = make_lab(SMALL_LAB.replace("[lab]\n", '[lab]\nabiquo = "2.6"\n', 1)
+                  if profile == "2.6" else abiquo_24(SMALL_LAB))
     assert f'version = "{profile}"' in st.site_config.read_text()
     from rehost.lab.siteconfig import write_site_config
 

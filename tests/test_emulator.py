@@ -399,7 +399,9 @@ def test_the_profiles_speak_their_versions_media_types(lab: LabState, emulator_2
 
     emu = lab.data["emulator"]
     password = Path(emu["password_file"]).read_text().strip()
-    assert emu["version"] == "2.6"
+    if emu["version"] != "2.6":
+        pytest.skip("the session lab plays Abiquo 2.4 (REHOST_LAB_ABIQUO): this test compares "
+                    "it, as 2.6, with an in-process 2.4")
 
     def get(base: str, path: str, auth: tuple[str, str],
             accept: str | None = None) -> requests.Response:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from rehost.abiquo.compat import check_compatibility
+from rehost.abiquo.compat import COMPATIBILITY, check_compatibility
 from rehost.core.model import HostFacts
 from tests import test_abiquo_client as scripted
 from tests.campaign_helpers import abiquo, rehost, rules_snapshot, two_host_lab
@@ -58,16 +58,18 @@ def test_a_critical_finding_stops_the_run_before_anything_changes(make_lab) -> N
     st = make_lab(TWO_HOST_LAB)
     good = st.site_config.read_text()
     assert "downtime_accepted = true" in good
-    # the AIM version the config states is not the one Abiquo 2.6 needs (the emulator speaks
-    # its own version only: the config's version must stay the lab's)
-    cfg = good.replace("[abiquo]\n", '[abiquo]\naim_version = "1.5.3"\n').replace(
+    # the AIM version the config states is not the one Abiquo needs (the emulator speaks its
+    # own version only: the config's version must stay the lab's)
+    version = re.search(r'version = "([\d.]+)"', good).group(1)  # type: ignore[union-attr]
+    cfg = good.replace("[abiquo]\n", '[abiquo]\naim_version = "0.9"\n').replace(
         "downtime_accepted = true", "downtime_accepted = false")
     st.site_config.write_text(cfg)
     before = rules_snapshot(st)
 
     plan = rehost("plan", "-c", str(st.site_config))
     assert plan.returncode == 1
-    assert "critical [aim-version] Abiquo 2.6 needs AIM 2.1.4, the config says 1.5.3" \
+    needed = COMPATIBILITY[version][1]
+    assert f"critical [aim-version] Abiquo {version} needs AIM {needed}, the config says 0.9" \
         in plan.stdout
     assert "critical [downtime] every VM is powered off while it moves" in plan.stdout
 

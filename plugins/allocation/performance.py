@@ -31,17 +31,19 @@ class PerformanceFence(AllocationStrategy):
     def __init__(self, options: dict[str, Any] | None = None) -> None:
         options = dict(options or {})
         self.cpu = int(options.pop("cpu", 100))
+        self.target_cpu = int(options.pop("target_cpu", 400))
         if options:
             raise ConfigError(f"unknown key allocation.options.{sorted(options)[0]} for "
-                              "strategy 'performance' (known: cpu)")
+                              "strategy 'performance' (known: cpu, target_cpu)")
 
     def choose_target(self, vm: VM, ctx: Context, need: Need,
                       targets: list[TargetLoad]) -> str | None:
         """Without a control plane that places VMs: the target with the most free CPU and
-        RAM (as Abiquo's PERFORMANCE policy ranks, a core against 512 MB) on which the VM fits
-        with no CPU oversubscription beyond ``cpu`` percent, its RAM and its disks."""
+        RAM (as Abiquo's PERFORMANCE policy ranks, a core against 512 MB) on which the VM fits:
+        its virtual CPUs within ``target_cpu`` percent of the host's (400 by default: KVM
+        hosts commonly run four virtual CPUs a core), its RAM, and its disks."""
         fits = [t for t in targets
-                if t.used_cpus + need.cpus <= t.cpus * self.cpu / 100
+                if (t.used_cpus + need.cpus) * 100 <= t.cpus * self.target_cpu
                 and t.used_mib + need.memory_mib <= t.memory_mib and need.bytes <= t.free_bytes]
         if not fits:
             return None
@@ -55,13 +57,19 @@ class PerformanceFence(AllocationStrategy):
         old_rules = rules_on(ctx, machines)
         deleted = [rule_record(ctx, r) for r in old_rules]
         ram_of = {rec["target"]: rec["ram"] for rec in deleted}
-        for r in old_rules:
-            c.delete_load_level_rule(r)
-        created = []
-        for m in machines:
-            ram = ram_of.get(c.absolute(m.url)) or 100
-            rule = c.create_load_level_rule(m, cpu=self.cpu, ram=ram)
-            created.append(rule_record(ctx, rule) | {"machine": m.name})
+        created: list[dict[str, Any]] = []
+        try:
+            # one rule per machine: the old one goes before the new one comes
+            for r in old_rules:
+                c.delete_load_level_rule(r)
+            for m in machines:
+                ram = ram_of.get(c.absolute(m.url)) or 100
+                rule = c.create_load_level_rule(m, cpu=self.cpu, ram=ram)
+                created.append(rule_record(ctx, rule) | {"machine": m.name})
+        except Exception:
+            # the fence record is journaled only once the fence returns: put the rules back
+            self._put_back(ctx, created, deleted)
+            raise
         policies = [r for r in c.fit_policy_rules() if r.datacenter is None]
         old_policies = [{"url": c.absolute(p.url), "fitPolicy": p.fitPolicy}
                         for p in policies]
@@ -73,6 +81,20 @@ class PerformanceFence(AllocationStrategy):
                 "deleted_policies": old_policies,
                 "created_policy": {"url": c.absolute(new.url), "fitPolicy": "PERFORMANCE"}})
 
+    @staticmethod
+    def _put_back(ctx: Context, created: list[dict[str, Any]],
+                  deleted: list[dict[str, Any]]) -> None:
+        c = client(ctx)
+        for rule in c.load_level_rules():
+            if c.absolute(rule.url) in {rec["url"] for rec in created}:
+                c.delete_load_level_rule(rule)
+        machines = {c.absolute(m.url): m for m in c.machines()}
+        have = {rec["target"] for rec in (rule_record(ctx, r) for r in c.load_level_rules())}
+        for rec in deleted:
+            m = machines.get(rec["target"] or "")
+            if m is not None and rec["target"] not in have:
+                c.create_load_level_rule(m, cpu=rec["cpu"], ram=rec["ram"])
+
     def unfence(self, ctx: Context, fenced: FenceResult) -> UnfenceResult:
         c = client(ctx)
         rules = {c.absolute(r.url): r for r in c.load_level_rules()}
@@ -82,10 +104,13 @@ class PerformanceFence(AllocationStrategy):
                 c.delete_load_level_rule(rules[rec["url"]])
                 removed.append(rec)
         machines = {c.absolute(m.url): m for m in c.machines()}
+        # one rule per machine: a machine that has one again (an earlier, interrupted unfence)
+        # keeps it
+        have = {rule_record(ctx, r)["target"] for r in c.load_level_rules()}
         recreated = []
         for rec in fenced.record("deleted_rules", []):
             m = machines.get(rec["target"] or "")
-            if m is not None:
+            if m is not None and rec["target"] not in have:
                 rule = c.create_load_level_rule(m, cpu=rec["cpu"], ram=rec["ram"])
                 recreated.append(rule_record(ctx, rule))
         policies = {c.absolute(p.url): p for p in c.fit_policy_rules()}
