@@ -233,7 +233,9 @@ class AbiquoControl(ControlPlane):
                     "Leave it out "
                     "(name the other VMs with --vm or campaign.vms) and move it by hand",
                     vm=vm.label or vm.name))
-            if vm.source_host in sources:
+            if vm.source_host in sources and vm.fact(DeployResult) is None:
+                # (a VM deployed on its target already, in a resumed campaign, holds its
+                # place there: it is in the machines' used CPU and RAM)
                 need_cpu += avm.cpu or 0
                 need_ram += avm.ram or 0
         free_cpu = free_ram = 0
@@ -400,6 +402,10 @@ class AbiquoControl(ControlPlane):
         if state != "running":
             raise PreconditionError(f"{vm.name} is ON in Abiquo but {state} on {src}")
         disks = ctx.storage.check_restored(vm, ctx)
+        # what the move left on the target (a copy, a partial copy): the disks on the source
+        # were just found to be the user's, so those are copies
+        for other in {h for h in (here, vm.target_host) if h and h != src}:
+            steps += ctx.storage.discard_copies(vm, ctx, other)
         vm.target_host = None
         return RollbackResult(host=src, steps=steps, disks=disks, pending=[],
                               abiquo_state=c.vm(avm).state, libvirt_state=state)
