@@ -27,6 +27,7 @@ from typing import Any
 from rehost.api import (
     VM,
     AwaitUndeployedResult,
+    BackupXmlResult,
     ConfigError,
     Context,
     ControlPlane,
@@ -115,14 +116,21 @@ class LibvirtControl(ControlPlane):
                     host=h.name))
         need_cpu = need_mib = 0
         for vm in ctx.vms:
-            if vm.source_host and vm.fact(PreserveResult) is None:
+            if not vm.source_host or vm.fact(DeployResult) is not None:
+                continue  # placed already (a resumed campaign): it holds its place there
+            saved = ctx.vm_dir(vm) / "domain.xml"
+            if vm.fact(BackupXmlResult) is not None and saved.exists():
+                # a resumed campaign: the VM may be undefined already; its XML says
+                need = self._need_of(saved.read_text())
+                cpus, mib = need
+            else:
                 try:
                     cpus, mib = ctx.hypervisor(vm.source_host).resources(vm.name)
                 except RehostError as exc:
                     findings.append(Finding("critical", "vm", f"not on {vm.source_host}: {exc}",
                                             vm=vm.label or vm.name))
                     continue
-                need_cpu, need_mib = need_cpu + cpus, need_mib + mib
+            need_cpu, need_mib = need_cpu + cpus, need_mib + mib
         loads = self._loads(ctx)
         free_cpu = sum(t.cpus - t.used_cpus for t in loads)
         free_mib = sum(t.memory_mib - t.used_mib for t in loads)
@@ -151,13 +159,18 @@ class LibvirtControl(ControlPlane):
                                     used_mib=sum(m for _, m in used)))
         return loads
 
-    def _need(self, vm: VM, ctx: Context, xml: str) -> Need:
+    @staticmethod
+    def _need_of(xml: str) -> tuple[int, int]:
+        """A domain's virtual CPUs and memory in MiB, from its XML."""
         root = parse(xml, "the saved domain XML")
         cpus = int((root.findtext("vcpu") or "1").strip())
         memory = root.find("memory")
         amount = int((memory.text or "0").strip()) if memory is not None else 0
         unit = (memory.get("unit") if memory is not None else None) or "KiB"
-        mib = amount * _UNITS.get(unit, 1024) // (1 << 20)
+        return cpus, amount * _UNITS.get(unit, 1024) // (1 << 20)
+
+    def _need(self, vm: VM, ctx: Context, xml: str) -> Need:
+        cpus, mib = self._need_of(xml)
         size = sum(ctx.storage.space_needed(ctx, vm, d) for d in vm.file_disks())
         return Need(cpus=cpus, memory_mib=mib, bytes=size)
 
