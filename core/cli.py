@@ -1,4 +1,4 @@
-"""The command line (DESIGN.md section 3). Exit codes: 0 success, 1 a VM failed, 2 bad usage or
+"""The command line (docs/design.md). Exit codes: 0 success, 1 a VM failed, 2 bad usage or
 bad configuration. ``--json`` outputs are stable and documented in docs/cli-json.md."""
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ def main(verbose: int) -> None:
     """rehost moves powered-off KVM VMs from old hypervisor hosts to new ones.
 
     Its first job: every VM of an Abiquo 2.4/2.6 cloud from CentOS 5 KVM hosts to CentOS 6 KVM
-    hosts, through the procedure in DESIGN.md (preflight, fence, then for each VM: locate,
-    backup_xml, notify, power_off, undefine, await_undeployed, preserve_disks, deploy,
-    power_off_new, transfer, remove_new_disks, swap_disks, start, verify, cleanup; unfence,
-    report).
+    hosts; it also moves VMs between plain libvirt hosts ([control] strategy = "libvirt").
+    The procedure (docs/design.md): preflight, fence, then for each VM: locate, backup_xml,
+    notify, power_off, undefine, await_undeployed, preserve_disks, deploy, power_off_new,
+    transfer, remove_new_disks, swap_disks, start, verify, cleanup; unfence, report.
 
     Start with `rehost demo` (a whole campaign in the built-in rehearsal lab), or
     `rehost plan -c SITE.toml` on your own site.

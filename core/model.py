@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 #: The campaign's own stages, around the per-VM protocol.
 CAMPAIGN_STAGES: tuple[str, ...] = ("preflight", "fence", "unfence", "report")
 
-#: The per-VM protocol, in the order it runs (DESIGN.md section 1).
+#: The per-VM protocol, in the order it runs (docs/design.md).
 VM_STAGES: tuple[str, ...] = (
     "locate",
     "backup_xml",
