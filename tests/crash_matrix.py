@@ -83,7 +83,8 @@ def lab_description(control: str, storage: str, vms: int) -> str:
     text = (f'[lab]\nname = "crash-{control}-{storage}"\ncontrol = "{control}"\n'
             f'shared_datastore = {"true" if shared else "false"}\n\n'
             '[[hosts]]\nname = "c5-a"\nos = "centos-5.11"\n\n'
-            '[[hosts]]\nname = "c6-a"\nos = "centos-6.4"\n')
+            # room in Abiquo's eyes for every VM of the matrix on the one target host
+            '[[hosts]]\nname = "c6-a"\nos = "centos-6.4"\ncpus = 256\nram_mib = 262144\n')
     for i in range(vms):
         text += (f'\n[[vms]]\nname = "v{i:02d}"\nhost = "c5-a"\n'
                  'disks = [{ size_mib = 24, format = "raw", data_mib = 2 },\n'
