@@ -77,7 +77,12 @@ case "${1:-}" in
     lint
     # the lab test instance: keep clear of a lab someone keeps up by hand (instance 0)
     export REHOST_LAB_INSTANCE="${REHOST_LAB_INSTANCE:-7}"
-    exec "$VENV/bin/pytest" "$@"
+    # the lab tests mostly wait (on ssh, libvirtd, the emulator): three workers, each with
+    # labs of its own (tests/conftest.py), share two cores well; REHOST_TEST_WORKERS=0 runs
+    # them in this process
+    workers="${REHOST_TEST_WORKERS:-3}"
+    if [ "$workers" = 0 ]; then exec "$VENV/bin/pytest" "$@"; fi
+    exec "$VENV/bin/pytest" -n "$workers" --dist loadfile --durations=15 "$@"
     ;;
   lint) lint ;;
   *) sed -n '2,8p' "$0"; exit 2 ;;

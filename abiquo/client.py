@@ -23,6 +23,7 @@ error message ever contain it.
 from __future__ import annotations
 
 import base64
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -37,6 +38,7 @@ from rehost.abiquo.errors import AbiquoError
 from rehost.abiquo.types import (
     DEPLOYED,
     Datacenter,
+    Enterprise,
     Entity,
     FitPolicyRule,
     Link,
@@ -44,14 +46,16 @@ from rehost.abiquo.types import (
     Machine,
     Rack,
     Task,
+    User,
     VirtualMachine,
     parse,
     parse_links,
+    parse_user,
 )
 from rehost.core.errors import ConfigError
 
-__all__ = ["DEPLOYED", "AbiquoClient", "Datacenter", "Entity", "FitPolicyRule", "Link",
-           "LoadLevelRule", "Machine", "Rack", "Task", "VirtualMachine", "parse"]
+__all__ = ["DEPLOYED", "AbiquoClient", "Datacenter", "Enterprise", "Entity", "FitPolicyRule",
+           "Link", "LoadLevelRule", "Machine", "Rack", "Task", "User", "VirtualMachine", "parse"]
 
 MEDIA_PREFIX = codec.MEDIA_PREFIX
 VERSIONS = ("2.4", "2.6")
@@ -64,6 +68,10 @@ VMS_MEDIA = "virtualmachineswithnodeextended"
 TASK_RUNNING = frozenset({"PENDING", "QUEUEING", "STARTED"})
 TASK_FAILED = frozenset({"FINISHED_UNSUCCESSFULLY", "ABORTED", "ACK_ERROR", "CANCELLED"})
 UNTRACEABLE = "untraceable"
+#: users asked for a page: Abiquo 2.0 pages an enterprise's users with ``numResults``
+#: (default 25) and ignores ``limit``/``startwith``; the client sends both and keeps each
+#: user once
+USERS_PAGE = 1000
 
 
 # -- transport ----------------------------------------------------------------------------------
@@ -237,7 +245,8 @@ class AbiquoClient:
                 with attempt:
                     return self._send(method, url, headers, data, params)
         except requests.RequestException as exc:
-            raise AbiquoError(None, "CONNECTION", f"{type(exc).__name__}: {exc}", url) from exc
+            raise AbiquoError(None, "CONNECTION", f"cannot reach the Abiquo API at {self.url}"
+                              f" ({_reason(exc)}; {self.retries} attempts)", url) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _send(self, method: str, url: str, headers: dict[str, str], data: bytes | None,
@@ -473,6 +482,45 @@ class AbiquoClient:
                                   f"{'/'.join(sorted(states))}, after {limit:g} s", vm.url)
             time.sleep(min(self.poll_interval, max(0.0, deadline - time.monotonic())))
 
+    # -- who a VM belongs to: its enterprise and the enterprise's users --------------------------
+
+    def enterprise(self, href: str) -> Enterprise:
+        return parse(Enterprise, self.get(href, "enterprise"))
+
+    def _vm_link(self, vm: VirtualMachine, rel: str) -> Link | None:
+        """A link of the VM; when the view in hand lacks it, the VM itself is read again
+        (2.0 gives rel ``enterprise`` and ``user`` in a machine's list and in the VM's own
+        admin view)."""
+        found = vm.link(rel)
+        if found is None and vm.url:
+            found = self.vm(vm).link(rel)
+        return found
+
+    def vm_enterprise(self, vm: VirtualMachine) -> Enterprise | None:
+        """The enterprise that owns ``vm`` (its link rel ``enterprise``), or None when Abiquo
+        names none."""
+        link = self._vm_link(vm, "enterprise")
+        return self.enterprise(link.href) if link else None
+
+    def vm_user(self, vm: VirtualMachine) -> User | None:
+        """The user ``vm`` belongs to (its link rel ``user``: who created it), or None (a
+        deleted user)."""
+        link = self._vm_link(vm, "user")
+        return parse_user(self.get(link.href, "user")) if link else None
+
+    def enterprise_users(self, enterprise: Enterprise) -> list[User]:
+        """Every user of ``enterprise`` (its link rel ``users``, media type ``users``), each
+        once, without their passwords. Abiquo 2.0 pages them by ``numResults``, later
+        versions by ``limit``: both are sent, ``next`` links are followed, and a user seen
+        twice (a server that ignores the page asked for) is kept once."""
+        found: dict[Any, User] = {}
+        for item in self.collection(enterprise.href("users"), "users",
+                                    {"limit": USERS_PAGE, "numResults": USERS_PAGE}):
+            user = parse_user(item)
+            found.setdefault(user.id if user.id is not None else (user.url or user.nick),
+                             user)
+        return list(found.values())
+
     # -- allocation rules -----------------------------------------------------------------------
 
     def load_level_rules(self) -> list[LoadLevelRule]:
@@ -516,4 +564,25 @@ def _describe(exc: BaseException | None) -> str:
         return "?"
     if isinstance(exc, AbiquoError):
         return f"HTTP {exc.status} {exc.code}"
+    return type(exc).__name__
+
+
+def _reason(exc: requests.RequestException) -> str:
+    """Why a request did not get through, in a few words (requests' own text nests the
+    urllib3 error three deep)."""
+    if isinstance(exc, requests.Timeout):
+        return f"no answer in time: {type(exc).__name__}"
+    text = str(exc)
+    if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
+        found = re.search(r"certificate verify failed: ([^(')\"]+)", text)
+        detail = found.group(1).strip() if found else "certificate verify failed"
+        return (f"its TLS certificate is not trusted: certificate verify failed: {detail}; "
+                "give the CA that signed it as [abiquo] ca_file")
+    for marker, said in (("Connection refused", "connection refused"),
+                         ("Name or service not known", "unknown host name"),
+                         ("No route to host", "no route to host"),
+                         ("Network is unreachable", "network unreachable"),
+                         ("timed out", "timed out")):
+        if marker in text:
+            return said
     return type(exc).__name__

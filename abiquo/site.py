@@ -12,6 +12,8 @@ from rehost.abiquo.client import AbiquoClient
 from rehost.core.errors import ConfigError, PreconditionError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from rehost.abiquo.settings import AbiquoSettings
     from rehost.abiquo.types import LoadLevelRule, Machine
     from rehost.core.types import Context
@@ -81,7 +83,8 @@ def rules_on(ctx: Context, machines: list[Machine]) -> list[LoadLevelRule]:
             and c.absolute(r.target.href) in urls]
 
 
-def set_machine_rule(ctx: Context, machine: Machine, *, cpu: int, ram: int) -> dict[str, Any]:
+def set_machine_rule(ctx: Context, machine: Machine, *, cpu: int, ram: int,
+                     note: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Make a ``cpu``% / ``ram``% load-level rule the only one on ``machine``; returns its
     record, with the rules it replaced (``replaced``) to create again by
     :func:`undo_machine_rule`.
@@ -93,6 +96,12 @@ def set_machine_rule(ctx: Context, machine: Machine, *, cpu: int, ram: int) -> d
     c = client(ctx)
     old = rules_on(ctx, [machine])
     replaced = [rule_record(ctx, r) for r in old]
+    if note is not None:
+        # what is about to change, journaled before it does: the new rule's url is not
+        # known yet (``url`` None), so an undo finds it by machine and values
+        note({"url": None, "cpu": cpu, "ram": ram, "rel": "machine",
+              "target": c.absolute(machine.url), "machine": machine.name,
+              "replaced": replaced})
     for r, rec in zip(old, replaced, strict=True):
         ctx.log.info("{}: its load-level rule (CPU {}%, RAM {}%) is changed for the campaign "
                      "and put back after", machine.name, rec["cpu"], rec["ram"])
@@ -114,7 +123,7 @@ def undo_machine_rule(ctx: Context,
     c = client(ctx)
     deleted = False
     for rule in c.load_level_rules():
-        if c.absolute(rule.url) == record["url"]:
+        if made_by(ctx, rule, record):
             c.delete_load_level_rule(rule)
             deleted = True
     replaced = record.get("replaced") or []
@@ -126,3 +135,13 @@ def undo_machine_rule(ctx: Context,
     return deleted, [rule_record(ctx, c.create_load_level_rule(machine, cpu=rec["cpu"],
                                                                ram=rec["ram"]))
                      for rec in replaced]
+
+
+def made_by(ctx: Context, rule: LoadLevelRule, record: dict[str, Any]) -> bool:
+    """Whether ``rule`` is the one ``record`` made: by its url, or, for a record journaled
+    before the rule was created (``url`` None), by its machine and values."""
+    if record.get("url"):
+        return bool(client(ctx).absolute(rule.url) == record["url"])
+    found = rule_record(ctx, rule)
+    return bool(found["target"] == record.get("target") and found["rel"] == "machine"
+                and (found["cpu"], found["ram"]) == (record.get("cpu"), record.get("ram")))

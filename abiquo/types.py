@@ -62,20 +62,46 @@ class Entity:
 E = TypeVar("E", bound=Entity)
 
 
-def _typed(value: Any, annotation: Any) -> Any:
-    """XML gives text: a field typed ``int`` gets an integer (text that is none stays)."""
-    if isinstance(value, str) and str(annotation).startswith("int"):
+def _typed(value: Any, annotation: Any, what: str) -> Any:
+    """A field as its annotation says: XML gives text, so a field typed ``int`` gets an
+    integer from its text. An answer whose field is not what it must be (a CPU count that
+    is not a number, a name that is an object) is refused here, naming the field, rather
+    than failing later inside arithmetic or a comparison."""
+    if value is None:
+        return None
+    kind = str(annotation)
+    if kind.startswith("int"):
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise _bad(what, value, "a number")
         try:
             return int(value)
         except ValueError:
-            return value
+            raise _bad(what, value, "a number") from None
+    if kind.startswith("str"):
+        if isinstance(value, dict | list):
+            raise _bad(what, value, "text")
+        return str(value)
     return value
+
+
+def _bad(what: str, value: Any, wanted: str) -> AbiquoError:
+    shown = repr(value)
+    if len(shown) > 80:
+        shown = shown[:80] + "..."
+    return AbiquoError(None, "BAD-ANSWER", f"Abiquo answered {what} = {shown}: not {wanted} "
+                       "(is this an Abiquo 2.4/2.6 API?)")
 
 
 def parse(cls: type[E], data: dict[str, Any]) -> E:
     """Build a typed view from an Abiquo body; unknown fields stay in ``raw``."""
-    kwargs: dict[str, Any] = {f.name: _typed(data.get(f.name), f.type) for f in fields(cls)
-                              if f.name not in ("links", "raw")}
+    if not isinstance(data, dict):
+        raise _bad(f"a {cls.__name__.lower()}", data, "an object")
+    kwargs: dict[str, Any] = {
+        f.name: _typed(data.get(f.name), f.type, f"a {cls.__name__.lower()}'s {f.name}")
+        for f in fields(cls) if f.name not in ("links", "raw")}
+    links = data.get("links") or []
+    if not isinstance(links, list) or not all(isinstance(x, dict) for x in links):
+        raise _bad(f"a {cls.__name__.lower()}'s links", links, "a list of links")
     return cls(links=parse_links(data), raw=dict(data), **kwargs)
 
 
@@ -189,3 +215,62 @@ class FitPolicyRule(Entity):
     def datacenter(self) -> str | None:
         found = self.link("datacenter")
         return found.href if found else None
+
+
+# -- who a VM belongs to: its enterprise and the enterprise's users ----------------------------
+
+
+@dataclass
+class Enterprise(Entity):
+    """An enterprise (a tenant), ``enterprise`` media type; its link rel ``users`` lists its
+    users (2.0 ``RESTBuilder.buildEnterpriseLinks``; jclouds 2.6 ``EnterpriseApi.listUsers``)."""
+
+    id: int | None = None
+    name: str | None = None
+
+
+@dataclass
+class User(Entity):
+    """A user of an enterprise, ``user`` media type (2.0 ``UserDto``). Abiquo also sends the
+    user's ``password`` (its hash): :func:`parse_user` drops it, so that no copy is kept.
+
+    ``availableVirtualDatacenters`` restricts the user to the virtual datacenters it names
+    (comma-separated ids); empty means all of the enterprise's (2.0
+    ``VirtualDatacenterService.getVirtualDatacenters``)."""
+
+    id: int | None = None
+    nick: str | None = None
+    name: str | None = None
+    surname: str | None = None
+    email: str | None = None
+    locale: str | None = None
+    #: a boolean in JSON, text ("true") in XML
+    active: Any = None
+    availableVirtualDatacenters: str | None = None
+    authType: str | None = None
+
+    @property
+    def is_active(self) -> bool:
+        """Whether the user may log in (a missing ``active`` counts as active)."""
+        if self.active is None:
+            return True
+        if isinstance(self.active, bool):
+            return self.active
+        return str(self.active).strip().lower() in ("true", "1")
+
+    @property
+    def full_name(self) -> str:
+        return " ".join(p for p in (self.name, self.surname) if p)
+
+    def sees_vdc(self, vdc_id: int | str | None) -> bool:
+        """Whether the user sees the virtual datacenter ``vdc_id`` (None: unknown, yes)."""
+        allowed = [v.strip() for v in (self.availableVirtualDatacenters or "").split(",")
+                   if v.strip()]
+        return not allowed or vdc_id is None or str(vdc_id) in allowed
+
+
+def parse_user(data: dict[str, Any]) -> User:
+    """A user as Abiquo sends it, without its password (hash)."""
+    user = parse(User, data)
+    user.raw.pop("password", None)
+    return user

@@ -14,12 +14,31 @@ Destructive steps check their precondition first:
 * a rollback puts a disk back only after it was found to be the user's.
 
 Options (``[storage.options]``): ``checksum`` (md5, sha1, sha256; default sha1), ``verify``
-(``checksum``: the whole disk at both ends; ``size``: the size and ``samples`` sampled 1 MiB
-blocks).
+(``checksum``: the disk's content at both ends; ``size``: the size and ``samples`` sampled 1 MiB
+blocks), ``digest`` (``sparse``, the default for md5 and sha1: the content digest of
+:data:`DIGEST_PY`, which hashes only the blocks that are not all zero; ``whole``, the default for
+sha256: the tool's checksum of every byte).
+
+The sparse digest (``sparse-sha1``, ``sparse-md5``) is a digest of the disk's whole content: each
+64 KiB block that is not all zero is hashed with its number, then the file's size. Two files have
+the same one exactly when they hold the same bytes, however their holes are laid out, so a copy
+is compared with the user's disk as with a plain checksum; reading it costs the disk's data, not
+its virtual size (the holes are skipped where the system says where they are, read and found
+zero where it does not). A copy whose strategy streams it (``tar``) is checked from the stream
+itself: the target host computes the digest of what it receives while it unpacks it
+(:meth:`DatastoreStrategy.digest_unpack_argv`), with no second read.
+
+A qcow2 disk with a backing file (:func:`backing_chain`) is moved with its backing files: a
+copying strategy (``backing_files = "copy"``) brings each one to the same path on the target
+host when it is not there, and checks it (or the one found there) against the source host's
+before the disk is copied; ``"check"`` (``shared``) only checks; ``"refuse"`` (the default for a
+subclass) refuses such a VM in ``check_vm``, before it is powered off.
 """
 
 from __future__ import annotations
 
+import json
+import posixpath
 import re
 import secrets
 import threading
@@ -27,7 +46,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from rehost.core.errors import ConfigError, PreconditionError, RehostError
+from rehost.core.errors import ConfigError, PreconditionError, RehostError, RemoteError
 from rehost.core.strategies import StorageStrategy
 from rehost.core.types import (
     VM,
@@ -35,6 +54,7 @@ from rehost.core.types import (
     Context,
     Disk,
     DiskCheck,
+    Finding,
     Host,
     PreservedDisk,
     PreserveResult,
@@ -59,6 +79,401 @@ SAMPLE_BLOCK = 1 << 20
 #: for tools such as scp whose remote path goes through a shell on one protocol and not on
 #: the other.
 SHELL_SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/+@%=:,-]*$")
+
+
+#: the prefix of a sparse digest's name (``sparse-sha1``): see the module
+SPARSE = "sparse-"
+
+#: The sparse digest, run by the first Python a host has (Python 2.4, CentOS 5's, to 3.x):
+#: ``probe ALGO`` (can this host compute it), ``file ALGO PATH`` (a file's digest and size),
+#: ``untar ALGO NAME ARGV...`` (run ARGV, a tar that unpacks stdin, and pass it stdin, a GNU tar
+#: stream that must hold the one file NAME; nothing is passed on before NAME's headers are
+#: checked; print the digest and size of the file as it flowed). Exit status 3: refused (the
+#: message says why); otherwise the unpacker's own.
+DIGEST_PY = r'''import os, struct, sys
+B = 65536
+CH = 16 * B
+NUL = '\0'.encode('ascii')
+ZB = open('/dev/zero', 'rb').read(CH)
+ZBLK = ZB[:B]
+EMPTY = ZB[:0]
+MAGIC = 'rehost-sparse-digest-1 65536\n'.encode('ascii')
+
+
+class Bad(Exception):
+    pass
+
+
+def new(algo):
+    try:
+        import hashlib
+        return hashlib.new(algo)
+    except ImportError:
+        pass
+    if algo == 'sha1':
+        import sha
+        return sha.new()
+    if algo == 'md5':
+        import md5
+        return md5.new()
+    raise Bad('this python has no ' + algo)
+
+
+class Digest:
+    """Hash of a file's content that skips its zero blocks: each 64 KiB block that is not all
+    zero is hashed with its number, then the file's size."""
+
+    def __init__(self, algo, size):
+        self.h = new(algo)
+        self.h.update(MAGIC)
+        self.size = size
+        self.cur = -1
+        self.parts = []
+        self.fill = 0
+
+    def put(self, off, data):
+        n = len(data)
+        if off < 0 or off + n > self.size:
+            raise Bad('data beyond the end of the file')
+        k = 0
+        while k < n:
+            at = off + k
+            i = at // B
+            start = at - i * B
+            take = min(B - start, n - k)
+            if take == n:
+                piece = data
+            else:
+                piece = data[k:k + take]
+            k = k + take
+            if i != self.cur:
+                if i < self.cur:
+                    raise Bad('data out of order')
+                self.flush()
+                self.cur = i
+                self.fill = 0
+            elif start < self.fill:
+                raise Bad('data out of order')
+            if take == B:
+                zero = ZBLK
+            else:
+                zero = ZB[:take]
+            if piece == zero:
+                continue
+            if start > self.fill:
+                self.parts.append(ZB[:start - self.fill])
+            self.parts.append(piece)
+            self.fill = start + take
+
+    def flush(self):
+        if self.parts:
+            length = min(B, self.size - self.cur * B)
+            if self.fill < length:
+                self.parts.append(ZB[:length - self.fill])
+            self.h.update(struct.pack('>Q', self.cur))
+            if len(self.parts) == 1:
+                self.h.update(self.parts[0])
+            else:
+                self.h.update(EMPTY.join(self.parts))
+            self.parts = []
+
+    def hexdigest(self):
+        self.flush()
+        self.h.update(struct.pack('>Q', self.size))
+        return self.h.hexdigest()
+
+
+def data_ranges(fd, size):
+    """Where a file may hold data: its data extents where the system says (SEEK_DATA), else
+    the whole file."""
+    seek_data = getattr(os, 'SEEK_DATA', None)
+    seek_hole = getattr(os, 'SEEK_HOLE', None)
+    if seek_data is None or seek_hole is None:
+        return [(0, size)]
+    out = []
+    pos = 0
+    while pos < size:
+        try:
+            start = os.lseek(fd, pos, seek_data)
+        except OSError:
+            if sys.exc_info()[1].errno == 6:  # ENXIO: no data after pos
+                break
+            return [(0, size)]
+        end = os.lseek(fd, start, seek_hole)
+        out.append((start, min(end, size)))
+        pos = end
+    return out
+
+
+def digest_file(algo, path):
+    fd = os.open(path, os.O_RDONLY)
+    size = os.fstat(fd).st_size
+    dig = Digest(algo, size)
+    pos = 0
+    for start, end in data_ranges(fd, size):
+        # whole blocks, each read once
+        start = max(pos, (start // B) * B)
+        end = min(size, -(-end // B) * B)
+        if start >= end:
+            continue
+        os.lseek(fd, start, 0)
+        pos = start
+        while pos < end:
+            data = os.read(fd, min(CH, end - pos))
+            if not data:
+                raise Bad('%s is shorter than its size' % path)
+            if data != ZB[:len(data)]:
+                dig.put(pos, data)
+            pos = pos + len(data)
+    os.close(fd)
+    return dig.hexdigest(), size
+
+
+def num(field):
+    """A number of a tar header: octal, or GNU's base-256."""
+    first = ord(field[0:1])
+    if first & 0x80:
+        if first & 0x40:
+            raise Bad('a negative number in a tar header')
+        value = first & 0x3f
+        for k in range(1, len(field)):
+            value = value * 256 + ord(field[k:k + 1])
+        return value
+    text = field.split(NUL)[0].strip()
+    if not text:
+        return 0
+    return int(text, 8)
+
+
+def cstr(field):
+    return field.split(NUL)[0]
+
+
+class Stream:
+    """The bytes of stdin, each passed on to ``sink`` once read."""
+
+    def __init__(self, sink):
+        self.sink = sink
+        self.buf = EMPTY
+        self.held = []  # nothing is passed on before the file's headers are checked
+
+    def read(self):
+        data = os.read(0, CH)
+        if data:
+            if self.held is None:
+                self.sink(data)
+            else:
+                self.held.append(data)
+        return data
+
+    def release(self):
+        held, self.held = self.held, None
+        for data in held:
+            self.sink(data)
+
+    def some(self, n):
+        if not self.buf:
+            data = self.read()
+            if not data:
+                raise Bad('the stream ended early')
+            self.buf = data
+        if n >= len(self.buf):
+            out = self.buf
+            self.buf = EMPTY
+        else:
+            out = self.buf[:n]
+            self.buf = self.buf[n:]
+        return out
+
+    def take(self, n):
+        parts = []
+        while n > 0:
+            data = self.some(n)
+            parts.append(data)
+            n = n - len(data)
+        return EMPTY.join(parts)
+
+    def rest_is_zero(self):
+        count = len(self.buf)
+        if self.buf != ZB[:count]:
+            return -1
+        while 1:
+            data = self.read()
+            if not data:
+                return count
+            if data != ZB[:len(data)]:
+                return -1
+            count = count + len(data)
+
+
+def header_ok(hdr):
+    vals = struct.unpack('512B', hdr)
+    unsigned = sum(vals[:148]) + 256 + sum(vals[156:])
+    signed = sum(struct.unpack('148b', hdr[:148])) + 256 + sum(struct.unpack('356b', hdr[156:]))
+    want = num(hdr[148:156])
+    return want == unsigned or want == signed
+
+
+def sparse_map(hdr, src):
+    segs = []
+    blk, at, count = hdr, 386, 4
+    more = hdr[482:483] != NUL
+    while 1:
+        for k in range(count):
+            entry = blk[at + 24 * k:at + 24 * k + 24]
+            if entry[0:1] == NUL:
+                break
+            segs.append((num(entry[:12]), num(entry[12:])))
+        if not more:
+            return segs
+        blk = src.take(512)
+        at, count = 0, 21
+        more = blk[504:505] != NUL
+
+
+def read_member(algo, name, src):
+    """Parse the one file of a GNU tar stream; returns its digest and size."""
+    longname = None
+    while 1:
+        hdr = src.take(512)
+        if hdr == ZB[:512]:
+            raise Bad('the stream holds no file')
+        if not header_ok(hdr):
+            raise Bad('a tar header with a wrong checksum')
+        if hdr[257:265] != 'ustar  \0'.encode('ascii'):
+            raise Bad('not a GNU tar stream')
+        kind = hdr[156:157]
+        size = num(hdr[124:136])
+        if kind == 'L'.encode('ascii'):
+            longname = cstr(src.take(size))
+            src.take(-size % 512)
+            continue
+        member = longname or cstr(hdr[:100])
+        if member != name:
+            raise Bad('the stream holds another file')
+        if kind in ('0'.encode('ascii'), NUL):
+            realsize = size
+            segs = [(0, size)]
+        elif kind == 'S'.encode('ascii'):
+            realsize = num(hdr[483:495])
+            segs = sparse_map(hdr, src)
+        else:
+            raise Bad('an unexpected member type %r' % kind)
+        break
+    src.release()
+    dig = Digest(algo, realsize)
+    stored = 0
+    last = 0
+    for off, n in segs:
+        if off < last or off + n > realsize:
+            raise Bad('a sparse map out of order')
+        last = off + n
+        stored = stored + n
+        while n > 0:
+            data = src.some(min(n, CH))
+            dig.put(off, data)
+            off = off + len(data)
+            n = n - len(data)
+    if stored != size:
+        raise Bad('a sparse map that does not match the stored data')
+    src.take(-size % 512)
+    if src.take(512) != ZB[:512]:
+        raise Bad('the stream holds more than one file')
+    if src.rest_is_zero() < 512:
+        raise Bad('the stream does not end as a tar archive ends')
+    return dig.hexdigest(), realsize
+
+
+def write_all(fd, data):
+    while data:
+        data = data[os.write(fd, data):]
+
+
+def untar(algo, name, argv):
+    import subprocess
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE)
+    fd = proc.stdin.fileno()
+    state = {'open': 1}
+
+    def sink(data):
+        if state['open']:
+            try:
+                write_all(fd, data)
+            except OSError:
+                state['open'] = 0  # the unpacker stopped reading: its status tells
+            except IOError:
+                state['open'] = 0
+    failure = None
+    try:
+        result = read_member(algo, name, Stream(sink))
+    except Bad:
+        failure = str(sys.exc_info()[1])
+    proc.stdin.close()
+    code = proc.wait()
+    if failure:
+        raise Bad(failure)
+    if code != 0:
+        sys.stderr.write('rehost: %s exited with %d\n' % (argv[0], code))
+        sys.exit(code)
+    return result
+
+
+def main(args):
+    mode, algo = args[0], args[1]
+    new(algo)
+    if mode == 'probe':
+        return 'ok'
+    if mode == 'file':
+        return '%s %d' % digest_file(algo, args[2])
+    if mode == 'untar':
+        name = args[2]
+        if not isinstance(name, type(EMPTY)):
+            name = os.fsencode(name)
+        return '%s %d' % untar(algo, name, args[3:])
+    raise Bad('unknown mode ' + mode)
+
+
+try:
+    sys.stdout.write(main(sys.argv[1:]) + '\n')
+except Bad:
+    sys.stderr.write('rehost: %s\n' % sys.exc_info()[1])
+    sys.exit(3)
+except (OSError, IOError, ValueError):
+    sys.stderr.write('rehost: %s\n' % sys.exc_info()[1])
+    sys.exit(4)
+'''
+
+#: ``sh -c`` script: run the Python script ``$1`` with the other arguments, in the first Python
+#: the host has
+PY_LAUNCH = ('s=$1; shift; for p in python3 python python2; do '
+             'if command -v "$p" >/dev/null 2>&1; then exec "$p" -c "$s" "$@"; fi; done; '
+             'echo "rehost: no python on this host (python3, python or python2)" >&2; exit 127')
+
+
+def digest_argv(mode: str, *args: str) -> list[str]:
+    """The command that runs :data:`DIGEST_PY` in ``mode`` on a host."""
+    return ["sh", "-c", PY_LAUNCH, "rehost-digest", DIGEST_PY, mode, *args]
+
+
+def content_digest(sh: Shell, path: str, algorithm: str, *, timeout: float = 6 * 3600) -> str:
+    """The digest of a file's content on ``sh``'s host: a sparse digest (``sparse-sha1``), or a
+    tool's checksum of every byte (``sha1``, ``md5``, ``sha256``)."""
+    if algorithm.startswith(SPARSE):
+        out = sh.run(digest_argv("file", algorithm[len(SPARSE):], path), timeout=timeout)
+        return parse_digest(out.stdout, sh.name, path)
+    return sh.checksum(path, algorithm, timeout=timeout)
+
+
+DIGEST_LINE = re.compile(r"^([0-9a-f]{32,128}) (\d+)$")
+
+
+def parse_digest(stdout: str, host: str, path: str) -> str:
+    """The digest :data:`DIGEST_PY` printed (its last line: digest, size)."""
+    lines = [ln.strip() for ln in stdout.splitlines() if ln.strip()]
+    found = DIGEST_LINE.match(lines[-1]) if lines else None
+    if found is None:
+        raise PreconditionError(f"{path} on {host}: no digest came back ({stdout[-200:]!r})")
+    return found.group(1)
 
 
 def shell_safe(path: str) -> bool:
@@ -100,6 +515,78 @@ def same_datastore(one: Shell, other: Shell, path: str) -> bool:
         one.remove(marker)
 
 
+#: ``sh -c`` script: ``qemu-img info`` of the image ``$1`` (of format ``$2``; probed when empty).
+#: JSON where qemu-img has it (``-U``: also while a running VM holds the image), else the text
+#: every qemu-img prints (CentOS 5's: "backing file: B (actual path: /dir/B)").
+QEMU_INFO = ('p=$1; if [ -n "$2" ]; then set -- -f "$2" "$p"; else set -- "$p"; fi; '
+             'qemu-img info --output=json -U "$@" 2>/dev/null || '
+             'qemu-img info --output=json "$@" 2>/dev/null || qemu-img info "$@"')
+
+IMAGE_FORMAT = re.compile(r"^[a-z0-9]{1,16}$")
+TEXT_BACKING = re.compile(r"^backing file: (.*?)(?: \(actual path: (.*)\))?$", re.M)
+TEXT_BACKING_FORMAT = re.compile(r"^backing file format: (\S+)$", re.M)
+NOT_A_FILE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+#: a chain longer than this is refused (a loop, or not a chain a VM of the old hosts has)
+MAX_CHAIN = 16
+
+
+def parse_backing(info: str) -> tuple[str | None, str | None, str | None]:
+    """From ``qemu-img info``'s output (JSON, or the text form): the backing file as the image
+    names it, its path as qemu resolved it (``None`` when qemu-img did not say), and its
+    format (``None`` when not recorded)."""
+    text = info.strip()
+    if text.startswith("{"):
+        data = json.loads(text)
+        return (data.get("backing-filename") or None, data.get("full-backing-filename") or None,
+                data.get("backing-filename-format") or None)
+    found = TEXT_BACKING.search(text)
+    if found is None:
+        return None, None, None
+    fmt = TEXT_BACKING_FORMAT.search(text)
+    return found.group(1) or None, found.group(2) or None, fmt.group(1) if fmt else None
+
+
+def image_backing(sh: Shell, path: str, fmt: str | None) -> tuple[str | None, str | None]:
+    """The backing file of the image ``path`` on ``sh``'s host (an absolute path, relative
+    names resolved from the image's folder, as qemu does) and its format; ``(None, None)`` for
+    an image without one. A backing "file" that is not a file (``nbd:``, ``json:``) is a
+    :class:`PreconditionError`."""
+    fmt = fmt if fmt and IMAGE_FORMAT.match(fmt) else ""
+    arg = path if path.startswith("/") else "./" + path
+    out = sh.run(["sh", "-c", QEMU_INFO, "rehost-qemu-img", arg, fmt], timeout=300).stdout
+    try:
+        name, full, backing_fmt = parse_backing(out)
+    except ValueError as exc:
+        raise PreconditionError(f"{path} on {sh.name}: qemu-img info gave an answer rehost "
+                                f"cannot read: {exc}") from exc
+    if name is None:
+        return None, None
+    resolved = full or name
+    if not resolved.startswith("/"):
+        if NOT_A_FILE.match(resolved):
+            raise PreconditionError(f"{path} on {sh.name}: its backing file {name!r} is not a "
+                                    "file rehost can move")
+        resolved = posixpath.join(posixpath.dirname(path), resolved)
+    return posixpath.normpath(resolved), backing_fmt
+
+
+def backing_chain(sh: Shell, path: str, fmt: str | None) -> list[str]:
+    """The backing files under the image ``path`` on ``sh``'s host, nearest first (none for a
+    raw image)."""
+    chain: list[str] = []
+    image, image_fmt = path, fmt
+    while (image_fmt or "").lower() != "raw":
+        backing, image_fmt = image_backing(sh, image, image_fmt)
+        if backing is None:
+            break
+        if backing == path or backing in chain or len(chain) >= MAX_CHAIN:
+            raise PreconditionError(f"{path} on {sh.name}: its chain of backing files loops "
+                                    f"or is longer than {MAX_CHAIN}")
+        chain.append(backing)
+        image = backing
+    return chain
+
+
 class DatastoreStrategy(StorageStrategy):
     """Base of storage strategies for file disks on datastores (see the module)."""
 
@@ -108,6 +595,10 @@ class DatastoreStrategy(StorageStrategy):
     fills_holes = True
     #: seconds between two looks at a copy's progress on the target
     progress_interval = 2.0
+    #: what becomes of a disk's backing files: ``copy`` (brought to the target where absent,
+    #: checked; the strategy implements :meth:`copy_file`), ``check`` (they must be on the
+    #: target already, the same), ``refuse`` (a VM with one is refused before its power-off)
+    backing_files = "refuse"
 
     def __init__(self, options: dict[str, Any] | None = None) -> None:
         super().__init__(options)
@@ -124,6 +615,18 @@ class DatastoreStrategy(StorageStrategy):
             raise ConfigError(f"storage.options.samples: a whole number of blocks, 0 or more,"
                               f" not {samples!r}")
         self.samples = samples
+        digest = str(self.options.pop("digest", "whole" if self.checksum == "sha256"
+                                      else "sparse"))
+        if digest not in ("sparse", "whole"):
+            raise ConfigError(f"storage.options.digest: choose sparse or whole, not {digest!r}")
+        #: the fingerprint's algorithm: ``sparse-sha1`` (see the module) or ``sha1``
+        self.content_algorithm = (SPARSE if digest == "sparse" else "") + self.checksum
+        # backing files: their digests on the source hosts, the copies checked on targets,
+        # and one copy at a time of each file to each target (VMs move in parallel)
+        self._digests: dict[tuple[str, str, int], str] = {}
+        self._checked: dict[tuple[str, str], str] = {}
+        self._carrying: dict[tuple[str, str], threading.Lock] = {}
+        self._lock = threading.Lock()
         self.take_options()
         self.reject_unknown_options()
 
@@ -139,6 +642,90 @@ class DatastoreStrategy(StorageStrategy):
         path = disk.source or ""
         st = sh.stat(path if sh.exists(path) else backup_path(disk))
         return st.size if self.fills_holes else st.allocated
+
+    def preflight(self, ctx: Context) -> list[Finding]:
+        """Every host can compute the sparse digest (a Python, 2.4 or later, with the hash)."""
+        if not self.content_algorithm.startswith(SPARSE):
+            return []
+        algorithm = self.content_algorithm[len(SPARSE):]
+        out = []
+        for host in [*ctx.config.sources(), *ctx.config.targets()]:
+            try:
+                ctx.shell(host.name).run(digest_argv("probe", algorithm), timeout=60)
+            except RemoteError as exc:
+                if exc.exit_code in (3, 127):
+                    why = (exc.stderr or "").strip().splitlines()[-1:] or [str(exc)]
+                    out.append(Finding(
+                        "critical", "digest",
+                        f"{host.name} cannot compute the disks' {self.content_algorithm} "
+                        f"digest ({why[0]}): install Python there, or set "
+                        'storage.options.digest = "whole"', host=host.name))
+                # a host that does not answer: the preflight says so already
+        return out
+
+    def check_vm(self, vm: VM, ctx: Context) -> list[Finding]:
+        """A disk whose backing files this strategy cannot bring along is refused here,
+        before the VM is powered off."""
+        out: list[Finding] = []
+        for disk in vm.file_disks():
+            try:
+                for backing in self.backing_of(vm, ctx, disk):
+                    out += self.check_backing(vm, ctx, disk, backing)
+            except RehostError as exc:
+                out.append(Finding("critical", "backing-file",
+                                   f"cannot tell the backing files of {disk.source}: {exc}",
+                                   vm=vm.label or vm.name))
+        return out
+
+    def backing_of(self, vm: VM, ctx: Context, disk: Disk) -> list[str]:
+        """The backing files of a disk, read on the source host (none for a raw disk)."""
+        if (disk.format or "").lower() == "raw" or not vm.source_host:
+            return []
+        sh = ctx.shell(vm.source_host)
+        path = disk.source or ""
+        image = path if sh.exists(path) else backup_path(disk)
+        return backing_chain(sh, image, disk.format)
+
+    def check_backing(self, vm: VM, ctx: Context, disk: Disk, backing: str) -> list[Finding]:
+        """Findings about one backing file of a disk (see :attr:`backing_files`)."""
+        who = vm.label or vm.name
+        src = source_host(vm)
+        sh = ctx.shell(src)
+        if self.backing_files == "refuse":
+            return [Finding("critical", "backing-file",
+                            f"{disk.source} has the backing file {backing}, which the "
+                            f"{self.name} strategy cannot bring along", vm=who)]
+        if not sh.exists(backing):
+            return [Finding("critical", "backing-file",
+                            f"the backing file {backing} of {disk.source} is not on {src}",
+                            vm=who)]
+        if sh.run(["test", "-L", backing], check=False).exit_code == 0:
+            return [Finding("critical", "backing-file",
+                            f"the backing file {backing} of {disk.source} is a symbolic link "
+                            f"on {src}: rehost does not carry links; point the disk at the "
+                            "file itself", vm=who)]
+        if self.backing_files == "check":
+            absent = [h.name for h in ctx.config.targets()
+                      if not ctx.shell(h.name).exists(backing)]
+            if absent:
+                return [Finding("critical", "backing-file",
+                                f"the backing file {backing} of {disk.source} is not on "
+                                f"{', '.join(absent)}: the {self.name} strategy copies "
+                                "nothing", vm=who)]
+            return [Finding("info", "backing-file",
+                            f"{disk.source} has the backing file {backing}: checked on the "
+                            "target host", vm=who)]
+        refused = self.cannot_carry(backing)
+        if refused:
+            return [Finding("critical", "backing-file",
+                            f"the backing file {backing} of {disk.source}: {refused}", vm=who)]
+        return [Finding("info", "backing-file",
+                        f"{disk.source} has the backing file {backing}: copied to the same "
+                        "path on the target host where it is not there, and checked", vm=who)]
+
+    def cannot_carry(self, path: str) -> str | None:
+        """Why this strategy's copy cannot carry ``path`` (``None``: it can)."""
+        return None
 
     # -- stages -------------------------------------------------------------------------------
 
@@ -164,8 +751,8 @@ class DatastoreStrategy(StorageStrategy):
                             allocated=st.allocated, target=disk.target, format=disk.format,
                             owner=f"{st.uid}:{st.gid}")
         if self.verify_mode == "checksum":
-            rec.checksum = sh.checksum(back, self.checksum)
-            rec.algorithm = self.checksum
+            rec.checksum = content_digest(sh, back, self.content_algorithm)
+            rec.algorithm = self.content_algorithm
         elif self.samples:
             blocks = sample_blocks(st.size, SAMPLE_BLOCK, self.samples)
             rec.sample = Sample(block=SAMPLE_BLOCK, blocks=blocks,
@@ -226,6 +813,12 @@ class DatastoreStrategy(StorageStrategy):
             raise PreconditionError(f"{vm.name} is {state} on {tgt}, not running")
         checked = [self.matches_user_disk(vm, ctx, tgt, disk, disk.source or "")
                    for disk in vm.file_disks()]
+        carried = vm.fact(TransferResult)
+        sh = ctx.shell(tgt)
+        for item in ((carried.model_extra or {}).get("backing_files") or []) if carried else []:
+            if not sh.exists(item["backing"]):
+                raise PreconditionError(f"the backing file {item['backing']} of {item['disk']} "
+                                        f"is gone from {tgt}")
         method = self.verify_mode
         if method == "size" and checked and all(d.sample_blocks for d in checked):
             method = "size+sample"
@@ -320,21 +913,26 @@ class DatastoreStrategy(StorageStrategy):
     # -- helpers for strategies ---------------------------------------------------------------
 
     def copy_disks(self, vm: VM, ctx: Context,
-                   copy_one: Callable[[Shell, str, Host], None], *,
+                   copy_one: Callable[[Shell, str, Host], str | None], *,
                    measure: str = "size") -> TransferResult:
-        """The transfer loop every copying strategy shares: for each file disk, skip a copy an
-        earlier run finished, remove a partial one, run ``copy_one(source_shell, path,
-        target_host)`` (which copies ``path`` to the same path on the target host), report
-        progress while it runs, and check what arrived. ``measure`` is what a byte moved
-        means on the target: ``size`` for a copy that fills holes, ``allocated`` for one that
-        keeps them."""
+        """The transfer loop every copying strategy shares: for each file disk, bring its
+        backing files first (:meth:`carry_backing`), skip a copy an earlier run finished, remove
+        a partial one, run ``copy_one(source_shell, path, target_host)`` (which copies ``path``
+        to the same path on the target host), report progress while it runs, and check what
+        arrived. ``copy_one`` may return the digest, in the fingerprint's algorithm, of the
+        bytes the target host received (:meth:`digest_unpack_argv`): the copy is then checked
+        with it instead of being read again. ``measure`` is what a byte moved means on the
+        target: ``size`` for a copy that fills holes, ``allocated`` for one that keeps them."""
         src, tgt = source_host(vm), target_host(vm, ctx)
         target = ctx.host(tgt)
         preserved = vm.fact(PreserveResult)
         started = time.monotonic()
         copied = []
+        carried: list[dict[str, Any]] = []
         for disk in vm.file_disks():
             back = backup_path(disk)
+            backing = self.carry_backing(vm, ctx, disk)
+            carried += backing
             if ctx.shell(tgt).exists(back):
                 try:
                     done = self.check_arrived(vm, ctx, tgt, disk)
@@ -342,18 +940,163 @@ class DatastoreStrategy(StorageStrategy):
                     ctx.shell(tgt).remove(back)  # a partial copy of an earlier run
                 else:
                     done.bytes, done.skipped = 0, "already on the target"
-                    copied.append(done)
+                    copied.append(self._with_backing(done, backing))
                     continue
             rec = preserved.disk(disk.source) if preserved else None
             total = int((getattr(rec, measure, None) or (rec.size if rec else 0)) or 0)
             t0 = time.monotonic()
+            streamed: list[str | None] = []
             self._watch(vm, ctx, tgt, back, total, measure,
-                        lambda path=back: copy_one(ctx.shell(src), path, target))
-            arrived = self.check_arrived(vm, ctx, tgt, disk)
+                        lambda path=back, out=streamed: out.append(
+                            copy_one(ctx.shell(src), path, target)))
+            digest = streamed[0] if streamed else None
+            if isinstance(digest, str) and rec is not None and rec.checksum:
+                arrived = self.check_streamed(vm, ctx, tgt, disk, digest)
+            else:
+                arrived = self.check_arrived(vm, ctx, tgt, disk)
             arrived.bytes = int(getattr(arrived, measure) or 0)
             arrived.seconds = round(time.monotonic() - t0, 3)
-            copied.append(arrived)
-        return self.copy_result(copied, started)
+            copied.append(self._with_backing(arrived, backing))
+        result = self.copy_result(copied, started)
+        if carried:
+            result.backing_files = carried  # type: ignore[attr-defined]  # an extra field
+        return result
+
+    @staticmethod
+    def _with_backing(check: DiskCheck, backing: list[dict[str, Any]]) -> DiskCheck:
+        """``check.backing``: the disk's chain of backing files, nearest first (they were
+        brought deepest first)."""
+        if backing:
+            check.backing = [b["backing"] for b in reversed(backing)]  # type: ignore[attr-defined]
+        return check
+
+    def copy_file(self, source: Shell, path: str, target: Host,
+                  algorithm: str | None = None) -> str | None:
+        """Copy ``path`` from ``source``'s host to the same path on ``target`` (its folder
+        exists there). A strategy with ``backing_files = "copy"`` implements it. It may return
+        the ``algorithm`` digest of the bytes the target received (when ``algorithm`` is a
+        sparse digest and the copy streams through :meth:`digest_unpack_argv`)."""
+        raise NotImplementedError(f"storage strategy {self.name!r} cannot copy a single file")
+
+    def stream_algorithm(self, vm: VM, path: str) -> str | None:
+        """The sparse digest a streaming copy of ``path`` (a disk's ``X_BACK``) is checked
+        with: the fingerprint's algorithm, or ``None`` when the fingerprint has no sparse
+        digest (``verify = "size"``, ``digest = "whole"``)."""
+        preserved = vm.fact(PreserveResult)
+        rec = next((d for d in (preserved.disks if preserved else []) if d.backup == path), None)
+        if rec is None or not rec.checksum or not (rec.algorithm or "").startswith(SPARSE):
+            return None
+        return rec.algorithm
+
+    @staticmethod
+    def digest_unpack_argv(unpack: list[str], name: str, algorithm: str) -> list[str]:
+        """The command for the target host that runs ``unpack`` (a tar reading a GNU tar
+        stream on its stdin: ``tar -C FOLDER -xpf -``) and feeds it stdin through the sparse
+        digest: the stream must hold the one file ``name``, and the command prints the
+        ``algorithm`` digest of that file as it flowed (:func:`parse_digest` reads it back).
+        The stream must be written with ``--format=gnu`` (tar 1.15 and later)."""
+        if not algorithm.startswith(SPARSE):
+            raise ValueError(f"{algorithm!r} is not a sparse digest")
+        return digest_argv("untar", algorithm[len(SPARSE):], name, *unpack)
+
+    @staticmethod
+    def read_digest(stdout: str, host: str, path: str) -> str:
+        """The digest the command of :meth:`digest_unpack_argv` printed on ``host`` for
+        ``path`` (its last line); :class:`PreconditionError` when there is none."""
+        return parse_digest(stdout, host, path)
+
+    def check_streamed(self, vm: VM, ctx: Context, host: str, disk: Disk,
+                       digest: str) -> DiskCheck:
+        """The copy of ``X_BACK`` on ``host`` is the user's disk: its size, and the digest of
+        the bytes that arrived (computed on ``host`` while they were unpacked), against the
+        fingerprint."""
+        preserved = vm.fact(PreserveResult)
+        rec = preserved.disk(disk.source) if preserved else None
+        if rec is None or not rec.checksum:
+            return self.check_arrived(vm, ctx, host, disk)
+        back = backup_path(disk)
+        st = ctx.shell(host).stat(back)
+        if st.size != rec.size:
+            raise PreconditionError(f"{back} on {host} is {st.size} bytes, the user's disk "
+                                    f"was {rec.size}")
+        if digest != rec.checksum:
+            raise PreconditionError(f"{back} on {host}: the bytes that arrived have "
+                                    f"{rec.algorithm} {digest}, the user's disk had "
+                                    f"{rec.checksum}")
+        out = DiskCheck(path=back, size=st.size, allocated=st.allocated, checksum=digest,
+                        algorithm=rec.algorithm)
+        out.checked = "as it arrived"  # type: ignore[attr-defined]  # an extra field
+        return out
+
+    # -- backing files ------------------------------------------------------------------------
+
+    def carry_backing(self, vm: VM, ctx: Context, disk: Disk) -> list[dict[str, Any]]:
+        """Make sure each backing file of ``disk`` is on the target host, the same as on the
+        source host (see :attr:`backing_files`), before the disk itself gets there; returns
+        one record per backing file (``disk``, ``backing``, ``how``, ``checksum``,
+        ``algorithm``)."""
+        chain = self.backing_of(vm, ctx, disk)
+        if not chain:
+            return []
+        if self.backing_files == "refuse":
+            raise PreconditionError(f"{disk.source} has the backing file {chain[0]}, which the "
+                                    f"{self.name} strategy cannot bring along; nothing was "
+                                    "copied")
+        return [self._bring_backing(vm, ctx, disk, backing) for backing in reversed(chain)]
+
+    def _bring_backing(self, vm: VM, ctx: Context, disk: Disk, path: str) -> dict[str, Any]:
+        src, tgt = source_host(vm), target_host(vm, ctx)
+        source, there = ctx.shell(src), ctx.shell(tgt)
+        algorithm = self.content_algorithm
+        record = {"disk": disk.source, "backing": path, "algorithm": algorithm}
+        with self._lock:
+            lock = self._carrying.setdefault((tgt, path), threading.Lock())
+        with lock:
+            if source.run(["test", "-L", path], check=False).exit_code == 0:
+                raise PreconditionError(f"the backing file {path} of {disk.source} is a "
+                                        f"symbolic link on {src}: nothing was copied")
+            size = source.stat(path).size
+            key = (src, path, size)
+            if key not in self._digests:
+                self._digests[key] = content_digest(source, path, algorithm)
+            want = self._digests[key]
+            if self._checked.get((tgt, path)) == want:
+                return {**record, "how": "already there", "checksum": want}
+            # a copy that an earlier run started and did not check: ours to replace
+            marker = path + ".rehost-partial"
+            if there.exists(marker):
+                there.remove(path)
+                there.remove(marker)
+            if there.exists(path):
+                got = content_digest(there, path, algorithm)
+                if got != want:
+                    raise PreconditionError(
+                        f"the backing file {path} of {disk.source} on {tgt} is not the one on "
+                        f"{src} ({algorithm} {got}, not {want}): the disk would read other "
+                        f"data there; nothing was copied")
+                self._checked[(tgt, path)] = got
+                return {**record, "how": "already there", "checksum": got}
+            if self.backing_files != "copy":
+                raise PreconditionError(f"the backing file {path} of {disk.source} is not on "
+                                        f"{tgt}: the {self.name} strategy copies nothing; "
+                                        "nothing was changed")
+            refused = self.cannot_carry(path)
+            if refused:
+                raise PreconditionError(f"the backing file {path} of {disk.source}: {refused}")
+            there.run(["mkdir", "-p", "--", posixpath.dirname(path)])
+            there.write_text(marker, f"rehost: copying {path} from {src}; not checked yet\n")
+            streamed = self.copy_file(source, path, ctx.host(tgt), algorithm)
+            st = there.stat(path)
+            if st.size != size:
+                raise PreconditionError(f"the copy of the backing file {path} on {tgt} is "
+                                        f"{st.size} bytes, not {size}")
+            got = streamed if streamed else content_digest(there, path, algorithm)
+            if got != want:
+                raise PreconditionError(f"the copy of the backing file {path} on {tgt} has "
+                                        f"{algorithm} {got}, the one on {src} has {want}")
+            there.remove(marker)
+            self._checked[(tgt, path)] = got
+            return {**record, "how": "copied", "checksum": got, "bytes": st.allocated}
 
     def _watch(self, vm: VM, ctx: Context, host: str, path: str, total: int, measure: str,
                copy: Callable[..., None]) -> None:
@@ -411,7 +1154,7 @@ class DatastoreStrategy(StorageStrategy):
                                     f"was {rec.size}")
         out = DiskCheck(path=path, size=st.size, allocated=st.allocated)
         if rec.checksum and rec.algorithm:
-            got = sh.checksum(path, rec.algorithm)
+            got = content_digest(sh, path, rec.algorithm)
             if got != rec.checksum:
                 raise PreconditionError(f"{path} on {host} has {rec.algorithm} {got}, the "
                                         f"user's disk had {rec.checksum}")

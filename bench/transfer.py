@@ -2,6 +2,8 @@
 
     sudo .venv/bin/python bench/transfer.py [--size-mib 2048] [--data-mib 100]
 
+(``.venv/bin/python -m bench`` measures these copies and issue 10's other numbers in one lab.)
+
 For each strategy it brings a fresh lab up (one CentOS 5 host, one CentOS 6 host, one VM with a
 sparse raw disk), runs a real campaign through the CLI, and prints the transfer time, the rate,
 the bytes sent, the space the disk takes on the target, and the VM's downtime. Not a test:
@@ -11,14 +13,14 @@ numbers on a shared 2-core machine vary; compare strategies within one run.
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-os.environ.setdefault("REHOST_LAB_INSTANCE", "9")
+if __package__ in (None, ""):  # run as a script: the repository root holds the bench package
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.common import rehost  # (sets the lab instance: REHOST_LAB_INSTANCE, default 60)
 from rehost.core.journal import Journal
 from rehost.core.remote import Shell, SshOptions
 from rehost.lab import lab
@@ -51,11 +53,9 @@ def run_one(strategy: str, size: int, data: int) -> dict[str, object]:
         st = lab.up(desc)
         try:
             write_site_config(st, storage=strategy)
-            proc = subprocess.run([sys.executable, "-m", "rehost.core.cli", "run", "-c",
-                                   str(st.site_config)], capture_output=True, text=True,
-                                  check=False)
-            if proc.returncode != 0:
-                raise SystemExit(f"{strategy}: campaign failed:\n{proc.stdout}{proc.stderr}")
+            run = rehost("run", "-c", str(st.site_config))
+            if not run.ok:
+                raise SystemExit(f"{strategy}: campaign failed:\n{run.stdout}{run.stderr}")
             journal = Journal(st.root / "state")
             report = build_report(journal, campaign="bench", storage=strategy,
                                   allocation="loadlevel")

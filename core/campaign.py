@@ -104,6 +104,8 @@ class Campaign:
         self.stopped_by: signal.Signals | None = None
         #: a fault of a host or of the control plane that holds the VMs not yet taken down
         self.fault: str | None = None
+        #: why the unfence failed, if it did: the fence is still up (``resume`` retries it)
+        self.unfence_error: str | None = None
         self._lock = threading.RLock()
         self._shells: dict[str, Shell] = {}
         # one ssh connection per host for all of the campaign's commands (ControlMaster);
@@ -115,8 +117,19 @@ class Campaign:
             self._control_dir = tempfile.mkdtemp(prefix=f"rh-ssh-{os.getpid()}-")
             self.ssh = dataclasses.replace(config.ssh, control_dir=self._control_dir)
         self._hypervisors: dict[tuple[str, int], Hypervisor] = {}
+        #: the thread each connection belongs to (a thread that ended leaves it to another)
+        self._hv_threads: dict[tuple[str, int], threading.Thread] = {}
         self._facts: dict[str, HostFacts] = {}
+        #: one lock per host: the facts of several hosts are read at once, each host once
+        self._facts_locks: dict[str, threading.Lock] = {}
         self._strategies: dict[str, Any] = {}
+
+    def note_fence(self, record: FenceResult) -> None:
+        """Journal the fence as far as it got, before each change it makes: a campaign
+        killed in the middle of its fence then leaves the record its unfence needs (a fence's
+        ``record`` may name a change not made yet; the unfence undoes what exists)."""
+        self.journal.set("fenced", record.model_dump(mode="json"))
+        self.journal.set("unfenced", None)
 
     # -- plugins' settings and strategies ----------------------------------------------------
 
@@ -177,6 +190,20 @@ class Campaign:
         with self._lock:
             self.config.hosts[host.name] = host
 
+    def reconnect(self, name: str) -> None:
+        """Drop what is kept about a host (its shell, facts and libvirt connections): it was
+        reinstalled or rebooted, and the next use connects afresh."""
+        with self._lock:
+            self._shells.pop(name, None)
+            self._facts.pop(name, None)
+            for key in [k for k in self._hypervisors if k[0] == name]:
+                hv = self._hypervisors.pop(key)
+                getattr(self, "_hv_threads", {}).pop(key, None)
+                try:
+                    hv.close()
+                except Exception as exc:  # a dead connection may not close cleanly
+                    self.log.debug("{}: closing an old libvirt connection: {}", name, exc)
+
     def forget_host(self, name: str) -> None:
         with self._lock:
             self.config.hosts.pop(name, None)
@@ -198,16 +225,32 @@ class Campaign:
             return self._shells[host]
 
     def hypervisor(self, host: str) -> Hypervisor:
-        """A libvirt connection to a host, one per host and thread."""
+        """A libvirt connection to a host, one per host and thread. A thread that has none
+        takes over the connection a thread that has ended left (the preflight reads its hosts
+        from short-lived threads, at once; opening a connection is the slow part), else opens
+        its own."""
         from rehost.core.hypervisor import Hypervisor
 
-        key = (host, threading.get_ident())
+        me = threading.current_thread()
+        key = (host, me.ident or 0)
         with self._lock:
             if key not in self._hypervisors:
-                h = self.host(host)
-                uri = h.uri or self._ssh_uri(h)
-                self._hypervisors[key] = Hypervisor(uri, name=h.name)
+                left = self._left_behind(host)
+                if left is None:
+                    h = self.host(host)
+                    uri = h.uri or self._ssh_uri(h)
+                    left = Hypervisor(uri, name=h.name)
+                self._hypervisors[key] = left
+            self._hv_threads[key] = me  # (a thread id is reused once its thread has ended)
             return self._hypervisors[key]
+
+    def _left_behind(self, host: str) -> Hypervisor | None:
+        """A connection to ``host`` whose thread has ended, taken off its old key."""
+        for key, thread in list(self._hv_threads.items()):
+            if key[0] == host and not thread.is_alive():
+                del self._hv_threads[key]
+                return self._hypervisors.pop(key)
+        return None
 
     def _ssh_uri(self, h: Host) -> str:
         """qemu+ssh with the campaign's ssh settings: libvirt's ssh transport takes no
@@ -226,11 +269,21 @@ class Campaign:
         return f"{uri}&command={wrapper}"
 
     def facts(self, host: str, refresh: bool = False) -> HostFacts:
+        """What ``host`` says about itself (libvirt and one ssh command, at once), read once
+        and kept; ``refresh`` reads it again. Threads may ask for several hosts at once."""
         with self._lock:
-            if refresh or host not in self._facts:
-                h = self.host(host)
-                self._facts[host] = self.hypervisor(host).facts(self.shell(host), h.datastore)
-            return self._facts[host]
+            if not refresh and host in self._facts:
+                return self._facts[host]
+            lock = self._facts_locks.setdefault(host, threading.Lock())
+        with lock:
+            with self._lock:
+                if not refresh and host in self._facts:
+                    return self._facts[host]  # another thread read it meanwhile
+            h = self.host(host)
+            found = self.hypervisor(host).facts(self.shell(host), h.datastore)
+            with self._lock:
+                self._facts[host] = found
+            return found
 
     # -- files --------------------------------------------------------------------------------
 
@@ -248,6 +301,7 @@ class Campaign:
             for hv in self._hypervisors.values():
                 hv.close()
             self._hypervisors.clear()
+            self._hv_threads.clear()
             for shell in self._shells.values():
                 try:
                     shell.close()

@@ -13,7 +13,9 @@ from rehost.core.cli_common import (
     build_campaign,
     config_option,
     emit_json,
+    evacuate_and_report,
     handle_errors,
+    print_evacuation_plan,
     print_findings,
     run_and_report,
     setup_logging,
@@ -127,13 +129,23 @@ def plugins_cmd(config_path: str | None, as_json: bool) -> None:
 @main.command("plan")
 @config_option
 @vm_option
+@click.option("--evacuate", is_flag=True,
+              help="Plan the whole datacenter's evacuation: waves that empty the source hosts "
+                   "one by one, each emptied host reinstalled as CentOS 6 and used as a target "
+                   "by the next waves.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @handle_errors
-def plan_cmd(config_path: str, vms: tuple[str, ...], as_json: bool) -> None:
+def plan_cmd(config_path: str, vms: tuple[str, ...], evacuate: bool, as_json: bool) -> None:
     """What would move where, and the preflight findings. Changes nothing on the hosts or in
     the control plane (the preflight is journaled in the state directory)."""
     from rehost.core import pipeline
 
+    if evacuate:
+        if vms:
+            raise ConfigError("--evacuate plans every VM of the source hosts: no --vm")
+        print_evacuation_plan(build_campaign(config_path, dry_run=True, progress=False),
+                              as_json)
+        return
     ctx = build_campaign(config_path, dry_run=True, progress=False)
     try:
         plan = pipeline.plan(ctx, list(vms) or None)
@@ -163,25 +175,41 @@ def plan_cmd(config_path: str, vms: tuple[str, ...], as_json: bool) -> None:
 @click.option("--per-host-limit", type=int,
               help="VMs moved at once from one source host (default: campaign.per_host_limit; "
                    "0: no limit).")
+@click.option("--per-target-limit", type=int,
+              help="Copies at once into one target host (default: campaign.per_target_limit;"
+                   " 0: no limit).")
 @click.option("--dry-run", is_flag=True, help="Preflight and plan only; change nothing.")
 @click.option("--accept-downtime", is_flag=True,
               help="The VMs' users agreed to the downtime (as campaign.downtime_accepted); "
                    "without it, run refuses to start.")
 @click.option("--delete-backups", is_flag=True,
               help="Delete X_BACK on the source datastore once a VM is verified.")
+@click.option("--evacuate", is_flag=True,
+              help="Evacuate the whole datacenter in waves (see `rehost plan --evacuate`): "
+                   "after each wave the emptied host is announced (rehost_host_emptied), "
+                   "and once it is back as CentOS 6 it is a target for the next waves.")
 @handle_errors
 def run_cmd(config_path: str, vms: tuple[str, ...], parallel: int | None,
-            per_host_limit: int | None, dry_run: bool, accept_downtime: bool,
-            delete_backups: bool) -> None:
+            per_host_limit: int | None, per_target_limit: int | None, dry_run: bool,
+            accept_downtime: bool, delete_backups: bool, evacuate: bool) -> None:
     """Run the campaign: preflight, fence, every VM's protocol, unfence, report.
 
     Exit code 0 when every VM moved, 1 when a VM failed (it stops at a safe point; the report
-    says what was done to keep it safe), 2 for bad usage or configuration."""
-    run_and_report(build_campaign(config_path, dry_run=dry_run, parallel=parallel,
-                                  per_host_limit=per_host_limit,
-                                  delete_backups=delete_backups, exclusive="rehost run",
-                                  accept_downtime=accept_downtime),
-                   vms)
+    says what was done to keep it safe), 2 for bad usage or configuration, 3 when an
+    evacuation waits for an emptied host to be reinstalled (`rehost host rejoin`, then
+    `rehost resume`)."""
+    ctx = build_campaign(config_path, dry_run=dry_run, parallel=parallel,
+                         per_host_limit=per_host_limit, per_target_limit=per_target_limit,
+                         delete_backups=delete_backups, exclusive="rehost run",
+                         accept_downtime=accept_downtime)
+    if evacuate:
+        if vms or dry_run:
+            ctx.close()
+            raise ConfigError("--evacuate moves every VM of the source hosts: no --vm, and "
+                              "`rehost plan --evacuate` is its dry run")
+        evacuate_and_report(ctx)
+        return
+    run_and_report(ctx, vms)
 
 
 @main.command("resume")
@@ -191,6 +219,10 @@ def resume_cmd(config_path: str) -> None:
     """Continue an interrupted campaign where its journal says it stopped (finished stages
     are skipped; a stage that started and did not finish runs again: each is safe twice)."""
     ctx = build_campaign(config_path, exclusive="rehost resume")
+    evacuation = ctx.journal.get("evacuation")
+    if evacuation is not None:
+        evacuate_and_report(ctx)  # an evacuation goes on wave after wave
+        return
     rows = ctx.journal.vm_rows()
     if not rows:
         started = bool(ctx.journal.events(None))
@@ -206,6 +238,31 @@ def resume_cmd(config_path: str) -> None:
                    "(`rehost run --vm NAME` moves one again)")
         return
     run_and_report(ctx, names)
+
+
+@main.group("host")
+def host_group() -> None:
+    """The hosts of an evacuation."""
+
+
+@host_group.command("rejoin")
+@config_option
+@click.argument("name")
+@handle_errors
+def host_rejoin_cmd(config_path: str, name: str) -> None:
+    """An emptied host is back as CentOS 6: check it (its release, libvirt, no domains; the
+    control plane's view of it) and make it a target for the next waves. Then `rehost
+    resume` goes on with the evacuation."""
+    from rehost.core.evacuate import rejoin
+    from rehost.core.pipeline import configured
+
+    ctx = build_campaign(config_path, exclusive="rehost host rejoin", progress=False)
+    try:
+        with configured(ctx):
+            said = rejoin(ctx, name)
+    finally:
+        ctx.close()
+    click.echo(said)
 
 
 @main.command("status")

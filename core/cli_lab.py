@@ -6,7 +6,13 @@ from pathlib import Path
 
 import click
 
-from rehost.core.cli_common import build_campaign, emit_json, handle_errors, run_and_report
+from rehost.core.cli_common import (
+    build_campaign,
+    config_option,
+    emit_json,
+    handle_errors,
+    run_and_report,
+)
 
 # -- lab ---------------------------------------------------------------------------------------
 
@@ -51,6 +57,21 @@ def lab_down() -> None:
         click.echo(line)
 
 
+@lab_group.command("reinstall")
+@click.argument("host")
+@click.option("--os", "os_name", default="centos-6.4", show_default=True,
+              help="The release it comes back with (a lab personality).")
+@handle_errors
+def lab_reinstall(host: str, os_name: str) -> None:
+    """Reinstall a lab host as an operator reinstalls an emptied CentOS 5 server: its domains,
+    libvirt state and own datastore are wiped, it comes back with the new release at the
+    same address (ssh host key kept). Then `rehost host rejoin HOST` makes it a target."""
+    from rehost.lab.reinstall import reinstall
+
+    record = reinstall(host, os_name)
+    click.echo(f"{host} reinstalled: {record['release']} at {record['address']}")
+
+
 @lab_group.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @handle_errors
@@ -75,6 +96,62 @@ def lab_status(as_json: bool) -> None:
             click.echo(f"      {d['name']}  {d['state']}")
     if st.get("emulator"):
         click.echo(f"  Abiquo API: {st['emulator'].get('url')}")
+
+
+@lab_group.command("mirror")
+@config_option
+@click.option("-o", "--output", required=True,
+              type=click.Path(dir_okay=False, writable=True, allow_dash=True),
+              help="Where to write the lab description (TOML); '-' prints it.")
+@click.option("--scale", default="1/64", show_default=True, metavar="FRACTION",
+              help="Disk sizes in the lab: the site's times this (virtual size at least "
+                   "16 MiB, data, from the disk's allocation, at least 1 MiB).")
+@click.option("--memory-scale", default="1", show_default=True, metavar="FRACTION",
+              help="Memory of the lab's VMs and hosts: the site's times this (at least "
+                   "16 MiB). Lower it when the VMs' memory does not fit this machine.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print a machine-readable summary instead (with the notes).")
+@handle_errors
+def lab_mirror(config_path: str, output: str, scale: str, memory_scale: str,
+               as_json: bool) -> None:
+    """Write a lab description shaped like a real site, to rehearse its campaign here.
+
+    Reads the site of SITE.toml (-c) without changing anything: the hosts' facts, the VMs
+    the control plane selects for the campaign, their domain XML and the size of their
+    disks (stat, qemu-img info), through a dry-run campaign in a temporary state folder.
+    Writes the hosts (names, racks, the lab personality nearest to each release, CPUs and
+    memory), the VMs (host, virtual CPUs, memory, disks in their formats, sizes scaled by
+    --scale), Abiquo or plain libvirt as the site's [control], and a shared datastore if
+    the site's storage strategy is `shared`. Needs no root.
+
+    \b
+    Then, as root on the rehearsal machine:
+      rehost lab up -d lab.toml
+      rehost plan -c /var/lib/rehost-lab/site.toml --evacuate
+      rehost run -c /var/lib/rehost-lab/site.toml
+    """
+    from rehost.lab.mirror import mirror, parse_scale
+
+    if as_json and output == "-":
+        raise click.UsageError("--json prints the summary: give -o a file")
+    disk_scale = parse_scale(scale)
+    mem_scale = parse_scale(memory_scale, "--memory-scale")
+    result = mirror(config_path, None if output == "-" else output, disk_scale, mem_scale)
+    if as_json:
+        emit_json({"output": output, "hosts": result.hosts, "vms": result.vms,
+                   "disk_mib": result.disk_mib, "data_mib": result.data_mib,
+                   "ram_mib": result.ram_mib, "notes": result.notes})
+        return
+    to_err = output == "-"
+    if to_err:
+        click.echo(result.text, nl=False)
+    click.echo(f"lab description{'' if to_err else ' ' + output}: {result.hosts} host(s), "
+               f"{result.vms} VM(s); disks {result.disk_mib} MiB ({result.data_mib} MiB of "
+               f"data), {result.ram_mib} MiB of memory for the running VMs", err=to_err)
+    for note in result.notes:
+        click.echo(f"  note: {note}", err=to_err)
+    if not to_err:
+        click.echo(f"next, as root: rehost lab up -d {output}", err=to_err)
 
 
 @click.command("demo")

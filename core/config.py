@@ -9,6 +9,7 @@ Example (every key the core reads; see README.md and `rehost lab up` for a worki
     vms = "all"                            # or ["ABQ_<uuid>", "<uuid>", "web01", ...]
     parallel = 1                           # VMs moved at once (1 to 1000)
     per_host_limit = 0                     # VMs moved at once from one source host (0: any)
+    per_target_limit = 0                   # copies at once into one target host (0: any)
     delete_backups = false                 # cleanup deletes X_BACK only when true
     power_off_timeout = 60                 # graceful shutdown limit, seconds, then forced
     task_timeout = 600                     # control-plane task limit, seconds
@@ -19,6 +20,10 @@ Example (every key the core reads; see README.md and `rehost lab up` for a worki
     hold_on_fault = true                   # after a fault of a host or of the control plane
                                            # (a copy failed, the API is down), no further VM
                                            # is powered off in this run
+    rejoin_timeout = 0                     # run --evacuate: seconds to wait for an emptied
+                                           # host to come back as CentOS 6 (0: stop; the
+                                           # operator runs `rehost host rejoin NAME`)
+    copy_rate_mib = 50                     # MiB/s the evacuation plan's estimates assume
 
     [ssh]
     config = "/etc/rehost/ssh_config"      # ssh -F; or key / known_hosts
@@ -34,11 +39,15 @@ Example (every key the core reads; see README.md and `rehost lab up` for a worki
     uri = "qemu+ssh://root@10.0.0.5/system"    # optional
     ssh_user = "root"
     ssh_port = 22
+    rack = "rack-1"                        # optional: an evacuation keeps VMs in their rack
 
     [storage]
-    strategy = "scp"                       # `rehost plugins` lists them
-    [storage.options]                      # for every built-in copying strategy:
-    checksum = "sha1"                      #   md5, sha1 or sha256 (whole disk, both ends)
+    strategy = "tar"                       # `rehost plugins` lists them; "shared" for a
+                                           # datastore the hosts share
+    [storage.options]                      # for every built-in strategy:
+    checksum = "sha1"                      #   md5, sha1 or sha256 (the disk's content)
+    digest = "sparse"                      #   hash the data, not the holes ("whole": every
+                                           #   byte; the default for sha256)
     verify = "checksum"                    #   or "size": size + sampled blocks (faster)
     samples = 16                           #   1 MiB blocks compared when verify = "size"
 
@@ -133,6 +142,9 @@ class CampaignConfig(_Section):
     vms: str | list[str] = "all"
     parallel: int = Field(default=1, gt=0, le=1000)
     per_host_limit: int = Field(default=0, ge=0, le=1000)
+    #: copies running at once into one target host (its disks and network are shared by
+    #: them); 0: no such limit
+    per_target_limit: int = Field(default=0, ge=0, le=1000)
     delete_backups: bool = False
     power_off_timeout: Seconds = 60.0
     task_timeout: Seconds = 600.0
@@ -142,6 +154,12 @@ class CampaignConfig(_Section):
     #: after a fault of a host or of the control plane (a copy or a command that failed, the
     #: API unreachable), no further VM is powered off in this run
     hold_on_fault: bool = True
+    #: an evacuation (`run --evacuate`): how long to wait for an emptied host to come back
+    #: as CentOS 6 (a site plugin reinstalls it on rehost_host_emptied); 0: stop there, the
+    #: operator reinstalls it and runs `rehost host rejoin NAME`, then `rehost resume`
+    rejoin_timeout: float = Field(default=0.0, ge=0, le=_MAX_SECONDS, allow_inf_nan=False)
+    #: the copy rate the evacuation plan's downtime estimates assume (MiB/s)
+    copy_rate_mib: float = Field(default=50.0, gt=0, le=100000)
 
     @field_validator("report_dir")
     @classmethod
@@ -176,6 +194,7 @@ class _HostSection(_Section):
     datastore: Name = "/var/lib/virt"
     ssh_user: Name = "root"
     ssh_port: int = Field(default=22, gt=0, le=65535)
+    rack: str = Field(default="", max_length=200)
 
 
 class StrategyConfig(_Section):
@@ -197,7 +216,7 @@ class ReportConfig(_Section):
     template_dir: ConfigPath | None = None
 
 
-_STRATEGY_DEFAULTS = {"storage": "scp", "allocation": "loadlevel", "control": "abiquo"}
+_STRATEGY_DEFAULTS = {"storage": "tar", "allocation": "loadlevel", "control": "abiquo"}
 
 
 class _Document(BaseModel):
@@ -250,7 +269,7 @@ class SiteConfig:
     campaign: CampaignConfig = field(default_factory=CampaignConfig)
     ssh: SshOptions = field(default_factory=SshOptions)
     hosts: dict[str, Host] = field(default_factory=dict)
-    storage: StrategyConfig = field(default_factory=lambda: StrategyConfig(strategy="scp"))
+    storage: StrategyConfig = field(default_factory=lambda: StrategyConfig(strategy="tar"))
     allocation: StrategyConfig = field(
         default_factory=lambda: StrategyConfig(strategy="loadlevel"))
     control: StrategyConfig = field(default_factory=lambda: StrategyConfig(strategy="abiquo"))

@@ -45,6 +45,21 @@ class RemoteError(RehostError):
         super().__init__(f"on {host}: `{shown}` {message}{detail}")
 
 
+class DatastoreFull(RemoteError):
+    """A copy failed on a target host whose datastore has no room left for it."""
+
+    def __init__(self, host: str, datastore: str, free: int, needed: int,
+                 cause: BaseException) -> None:
+        RehostError.__init__(
+            self, f"No space left on device on {host}: its datastore {datastore} has "
+                  f"{free >> 20} MiB free, the VM's disks need {needed >> 20} MiB; make room "
+                  f"there (or use another target), then `rehost resume` ({cause})")
+        self.host = host
+        self.argv = []
+        self.exit_code_remote = None
+        self.stdout = self.stderr = ""
+
+
 class HypervisorError(RehostError):
     """libvirt refused or failed; the message names the host (URI) and the domain."""
 

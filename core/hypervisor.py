@@ -408,38 +408,11 @@ class Hypervisor:
 
     def facts(self, shell: Shell, datastore: str | None = None) -> HostFacts:
         """What the host says about itself: libvirt through this connection, the OS release and
-        the datastore's free space through ``shell`` (ssh to the same host)."""
-        with self._libvirt("read the host facts"):
-            hostname = str(self.conn.getHostname())
-            lib_version = version_string(int(self.conn.getLibVersion()))
-            hv_version = version_string(int(self.conn.getVersion()))
-            info = self.conn.getInfo()
-        release = self._os_release(shell)
-        major, version = parse_centos_release(release)
-        return HostFacts(
-            hostname=hostname,
-            os_release=release,
-            centos_major=major,
-            centos_version=version,
-            libvirt_version=lib_version,
-            qemu_version=hv_version,
-            cpus=int(info[2]),
-            memory_mib=int(info[1]),
-            datastore=datastore,
-            datastore_free_bytes=shell.free_space(datastore) if datastore else None,
-        )
+        the datastore's free space through ``shell`` (ssh to the same host), in one command
+        that runs while libvirt answers (:func:`rehost.core.facts.gather_facts`)."""
+        from rehost.core.facts import gather_facts
 
-    @staticmethod
-    def _os_release(shell: Shell) -> str:
-        result = shell.run(["cat", "/etc/redhat-release"], check=False)
-        if result.exit_code == 0 and result.stdout.strip():
-            return result.stdout.strip().splitlines()[0]
-        # not a Red Hat family host: say what it is, for the report
-        other = shell.run(["cat", "/etc/os-release"], check=False)
-        for line in other.stdout.splitlines():
-            if line.startswith("PRETTY_NAME="):
-                return line.split("=", 1)[1].strip().strip('"')
-        return "unknown"
+        return gather_facts(self, shell, datastore)
 
 
 def open_hypervisor(uri: str, *, name: str | None = None) -> Hypervisor:

@@ -52,6 +52,9 @@ class Host:
     known_hosts: str | None = None
     role: Literal["source", "target", "unknown"] = "unknown"
     datastore: str = "/var/lib/virt"
+    #: the rack it stands in ("" unknown): a VM's networks bind it to its rack (Abiquo's VLANs
+    #: are a rack's), so an evacuation keeps VMs in their rack where racks are given
+    rack: str = ""
 
     def libvirt_uri(self) -> str:
         if self.uri:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +25,7 @@ from rehost.core.campaign import Campaign
 from rehost.core.errors import (
     ConfigError,
     ControlPlaneError,
+    DatastoreFull,
     HypervisorError,
     PluginError,
     RehostError,
@@ -235,12 +237,17 @@ def run_campaign(ctx: Campaign, only: list[str] | None = None) -> dict[str, str]
         for i, vm in enumerate(plan.vms):
             ctx.journal.add_vm(vm, i)
         saved = ctx.journal.get("fenced")
-        if saved is None or ctx.journal.get("unfenced"):
-            fenced = run_stage(ctx, None, "fence", lambda: ctx.hooks.fence(ctx))
-            ctx.journal.set("fenced", fenced.model_dump(mode="json"))
-            ctx.journal.set("unfenced", None)
-        else:
-            fenced = FenceResult.model_validate(saved)
+        if saved is not None and not ctx.journal.get("unfenced"):
+            # an interrupted run left its fence up, or part of it (a kill mid-fence), or the
+            # control plane lost it meanwhile: never deploy on trust. What the journal says
+            # was changed is put back, then the fence goes up again and is checked
+            ctx.log.info("the campaign was interrupted while fenced: the fence is taken down "
+                         "and put up again before any VM moves")
+            run_stage(ctx, None, "unfence",
+                      partial(ctx.hooks.unfence, ctx, FenceResult.model_validate(saved)))
+            ctx.journal.set("unfenced", True)
+        fenced = run_stage(ctx, None, "fence", lambda: ctx.hooks.fence(ctx))
+        ctx.note_fence(fenced)
         ctx.fenced = fenced
         outcome: dict[str, str] = {}
         try:
@@ -286,6 +293,9 @@ def _stop_on_signals(ctx: Campaign) -> Iterator[None]:
 
 
 def _finish_campaign(ctx: Campaign, fenced: FenceResult, outcome: dict[str, str]) -> None:
+    """Unfence, tell the plugins the campaign finished, write the report. A failed unfence
+    does not hide the VMs' outcome: it is noted (``ctx.unfence_error``, said by the command
+    with the outcome) and the rules stay in the journal for ``resume`` to put back."""
     errors: list[BaseException] = []
     try:
         run_stage(ctx, None, "unfence", lambda: ctx.hooks.unfence(ctx, fenced))
@@ -293,7 +303,9 @@ def _finish_campaign(ctx: Campaign, fenced: FenceResult, outcome: dict[str, str]
     except Exception as exc:
         ctx.log.error("unfence failed: {}; the rules changed at fence are in the journal "
                       "(`rehost resume` tries again)", exc)
-        errors.append(exc)
+        ctx.unfence_error = str(exc)
+        if not outcome:
+            errors.append(exc)
     for step in (lambda: ctx.hooks.campaign_finish(ctx, outcome), lambda: write_report(ctx)):
         try:
             step()
@@ -305,10 +317,61 @@ def _finish_campaign(ctx: Campaign, fenced: FenceResult, outcome: dict[str, str]
 
 
 def _preflight(ctx: Campaign, only: list[str] | None) -> Plan:
-    plan = make_plan(ctx, only)
+    started = time.monotonic()
+    with _timed_hooks(ctx) as spent:
+        plan = make_plan(ctx, only)
+    total = time.monotonic() - started
+    # what dominated: -v shows it (each plugin's checks; the preflight plugin adds its own)
+    ctx.log.info("preflight in {:.2f} s: {}", total,
+                 ", ".join(f"{what} {secs:.2f} s" for what, secs in
+                           sorted(spent.items(), key=lambda kv: -kv[1])) or "no hooks")
     if plan.critical:
         raise PreflightFailed(plan.findings)
     return plan
+
+
+#: the hooks of the preflight whose time ``-v`` shows; the checks plugin by plugin
+_PREFLIGHT_HOOKS = ("rehost_discover_hosts", "rehost_select_vms")
+
+
+@contextmanager
+def _timed_hooks(ctx: Campaign) -> Iterator[dict[str, float]]:
+    """Seconds spent in discovering hosts, selecting the VMs, and in each plugin's
+    ``rehost_preflight``, while the block runs."""
+    spent: dict[str, float] = {}
+    pm = ctx.manager.pm
+    starts: dict[str, float] = {}
+
+    def before(name: str, impls: Any, kwargs: Any) -> None:
+        if name in _PREFLIGHT_HOOKS:
+            starts[name] = time.monotonic()
+
+    def after(outcome: Any, name: str, impls: Any, kwargs: Any) -> None:
+        if name in starts:
+            what = name.removeprefix("rehost_").replace("_", " ")
+            spent[what] = spent.get(what, 0.0) + time.monotonic() - starts.pop(name)
+
+    def timed(plugin: str, function: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any) -> Any:
+            began = time.monotonic()
+            try:
+                return function(*args)
+            finally:
+                key = f"checks of {plugin}"
+                spent[key] = spent.get(key, 0.0) + time.monotonic() - began
+        return call
+
+    undo = pm.add_hookcall_monitoring(before, after)
+    impls = pm.hook.rehost_preflight.get_hookimpls()
+    originals = [impl.function for impl in impls]
+    for impl in impls:
+        setattr(impl, "function", timed(impl.plugin_name, impl.function))  # noqa: B010
+    try:
+        yield spent
+    finally:
+        for impl, original in zip(impls, originals, strict=True):
+            setattr(impl, "function", original)  # noqa: B010
+        undo()
 
 
 def write_report(ctx: Campaign) -> list[str]:
@@ -379,8 +442,9 @@ def run_vm(ctx: Campaign, vm: VM) -> str:
                 ctx.journal.set_status(vm.name, "interrupted",
                                        f"{stage}: not started, the campaign was stopped")
             return "interrupted"
-        if stage == "notify" and ctx.fault is not None:
+        if ctx.fault is not None and stage in BEFORE_POWER_OFF:
             # a host or the control plane failed another VM: this one stays up, untouched
+            # (not even looked at: the fault may make its checks fail too)
             ctx.journal.set_status(vm.name, "held", f"held before {stage}: {ctx.fault}")
             ctx.log.warning("{}: not taken down: {}", vm.label or vm.name, ctx.fault)
             return "held"
@@ -401,6 +465,8 @@ def run_vm(ctx: Campaign, vm: VM) -> str:
 #: a VM that fails here runs on the target no more: with ``campaign.auto_rollback`` it goes
 #: back to its source host at once
 AUTO_ROLLBACK_STAGES = ("start", "verify")
+#: the stages of a VM that change nothing yet: a VM that has not gone past them can be held
+BEFORE_POWER_OFF = tuple(VM_STAGES[:VM_STAGES.index("power_off")])
 
 
 def _auto_rollback(ctx: Campaign, vm: VM, done: list[str]) -> str:
@@ -421,7 +487,9 @@ def _note_fault(ctx: Campaign, vm: VM, stage: str, error: BaseException) -> None
     if not ctx.config.campaign.hold_on_fault or ctx.fault is not None:
         return
     status = getattr(error, "status", None)
-    if isinstance(error, RemoteError):
+    if isinstance(error, DatastoreFull):
+        what = f"the datastore of {error.host} is full"
+    elif isinstance(error, RemoteError):
         what = f"a command on {error.host} failed"
     elif isinstance(error, ControlPlaneError) and (status is None or status >= 500):
         what = "the control plane failed"
@@ -439,7 +507,58 @@ def _note_fault(ctx: Campaign, vm: VM, stage: str, error: BaseException) -> None
 def _perform(ctx: Campaign, vm: VM, stage: str, **extra: Any) -> Result:
     if stage == "cleanup" and "delete" not in extra:
         extra["delete"] = ctx.config.campaign.delete_backups
-    return ctx.hooks.vm_stage(stage, vm, ctx, **extra)
+    try:
+        if stage == "transfer" and ctx.config.campaign.per_target_limit > 0:
+            with _target_slot(ctx, vm.target_host or ""):
+                return ctx.hooks.vm_stage(stage, vm, ctx, **extra)
+        return ctx.hooks.vm_stage(stage, vm, ctx, **extra)
+    except RemoteError as exc:
+        if stage != "transfer" or isinstance(exc, DatastoreFull):
+            raise
+        full = _datastore_full(ctx, vm, exc)
+        if full is None:
+            raise
+        raise full from exc
+
+
+_target_slots: dict[tuple[int, str], threading.BoundedSemaphore] = {}
+_target_slots_lock = threading.Lock()
+
+
+@contextmanager
+def _target_slot(ctx: Campaign, host: str) -> Iterator[None]:
+    """One of ``campaign.per_target_limit`` copies into ``host`` at once; a VM waits for its
+    slot before its copy starts (its downtime goes on meanwhile, so the wait is logged)."""
+    with _target_slots_lock:
+        slot = _target_slots.setdefault(
+            (id(ctx), host), threading.BoundedSemaphore(ctx.config.campaign.per_target_limit))
+    if not slot.acquire(blocking=False):
+        ctx.log.info("{}: waiting for a copy slot on {} (campaign.per_target_limit = {})",
+                     host, host, ctx.config.campaign.per_target_limit)
+        slot.acquire()
+    try:
+        yield
+    finally:
+        slot.release()
+
+
+def _datastore_full(ctx: Campaign, vm: VM, cause: RemoteError) -> DatastoreFull | None:
+    """A failed copy, explained when the target's datastore has no room for the VM's disks
+    (each copy tool words it its own way, some not at all: scp's SFTP says "Failure")."""
+    target = vm.target_host
+    if not target:
+        return None
+    try:
+        facts = ctx.facts(target, refresh=True)
+        needed = sum(ctx.storage.space_needed(ctx, vm, d) for d in vm.file_disks())
+    except Exception as exc:  # the diagnosis must not hide the copy's own error
+        ctx.log.debug("{}: could not look at the datastore of {}: {}", vm.name, target, exc)
+        return None
+    free = facts.datastore_free_bytes
+    if free is None or free >= needed:
+        return None
+    return DatastoreFull(target, facts.datastore or ctx.host(target).datastore, free, needed,
+                         cause)
 
 
 @contextmanager

@@ -27,6 +27,7 @@ from rehost.core.types import (
     PluginSettings,
     Result,
     StrategyRecord,
+    TargetLoad,
     UnfenceResult,
     check_result,
 )
@@ -41,6 +42,7 @@ BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
     ("abiquo", "rehost.plugins.abiquo"),
     ("libvirt", "rehost.plugins.libvirt"),
     ("notify", "rehost.plugins.notify"),
+    ("mail", "rehost.plugins.mail"),
     ("storage", "rehost.plugins.storage"),
     ("storage-shared", "rehost.plugins.storage.shared"),
     ("storage-scp", "rehost.plugins.storage.scp"),
@@ -328,6 +330,16 @@ class Hooks:
 
     def campaign_finish(self, ctx: Context, outcome: dict[str, str]) -> None:
         self._hook.rehost_campaign_finish(ctx=ctx, outcome=outcome)
+
+    def host_capacity(self, ctx: Context, host: str) -> TargetLoad | None:
+        found: TargetLoad | None = self._hook.rehost_host_capacity(ctx=ctx, host=host)
+        return found
+
+    def host_emptied(self, ctx: Context, host: str, wave: int) -> None:
+        self._hook.rehost_host_emptied(ctx=ctx, host=host, wave=wave)
+
+    def host_rejoined(self, ctx: Context, host: str) -> None:
+        self._hook.rehost_host_rejoined(ctx=ctx, host=host)
 
     def stage_start(self, stage: str, vm: VM | None, ctx: Context) -> None:
         self._hook.rehost_stage_start(stage=stage, vm=vm, ctx=ctx)

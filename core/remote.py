@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import posixpath
 import queue
+import secrets
 import shlex
 import signal
 import subprocess
@@ -361,6 +362,33 @@ class Shell:
                               f"for {len(blocks)} blocks")
         return digests
 
+    def probe_paths(self, paths: Sequence[str], *,
+                    timeout: float | None = None) -> dict[str, FileStat | None]:
+        """What :meth:`exists` and :meth:`stat` would say of many paths, in one command:
+        each path that exists maps to its :class:`FileStat`, each that does not to ``None``.
+        A path that exists but cannot be stat'ed is left out (ask :meth:`stat` for its
+        error). The paths are the fixed script's positional parameters: data, never code."""
+        paths = [str(p) for p in paths]
+        if not paths:
+            return {}
+        token = secrets.token_hex(8)
+        out = self.run(["sh", "-c", _PROBE_PATHS, "rehost-probe", token, *paths],
+                       timeout=timeout).stdout
+        answers = [line.split(" ", 2)[1:] for line in out.splitlines()
+                   if line.startswith(token + " ")]
+        if len(answers) != len(paths):
+            raise RemoteError(self.name, ["stat", *paths[:3]], f"gave {len(answers)} answers "
+                              f"for {len(paths)} paths")
+        found: dict[str, FileStat | None] = {}
+        for path, answer in zip(paths, answers, strict=True):
+            if answer == ["no"]:
+                found[path] = None
+            elif answer[0] == "ok" and len(answer) == 2 and len(answer[1].split()) == 7:
+                size, blocks, bsize, uid, gid, owner, group = answer[1].split()
+                found[path] = FileStat(path, int(size), int(blocks) * int(bsize), int(uid),
+                                       int(gid), owner, group)
+        return found
+
     def chown(self, path: str, owner: str) -> None:
         self.run(["chown", "--", owner, path])
 
@@ -370,6 +398,18 @@ class Shell:
     def write_text(self, path: str, text: str) -> None:
         # the path is the shell's $1: data, not code
         self.run(["sh", "-c", 'cat > "$1"', "sh", path], input=text)
+
+
+#: ``probe_paths``: $1 a token that marks the answer lines, then the paths. Per path one line:
+#: "TOKEN no" (``test -e`` fails), "TOKEN ok SIZE BLOCKS BSIZE UID GID OWNER GROUP" (the
+#: format of :meth:`Shell.stat`), or "TOKEN err" (it exists, stat failed).
+_PROBE_PATHS = (
+    't=$1; shift; for p in "$@"; do '
+    'if test -e "$p"; then '
+    's=$(stat -L -c "%s %b %B %u %g %U %G" -- "$p" 2>/dev/null) '
+    '&& printf "%s ok %s\\n" "$t" "$s" || printf "%s err\\n" "$t"; '
+    'else printf "%s no\\n" "$t"; fi; done'
+)
 
 
 def _operand(path: str) -> str:

@@ -179,6 +179,24 @@ class ControlPlane(Strategy):
     def select_vms(self, ctx: Context) -> list[VM]:
         """The campaign's VMs (the journal's, and the new ones on the source hosts)."""
 
+    def capacity(self, ctx: Context, host: str) -> TargetLoad:
+        """What ``host`` can hold and holds now (the evacuation plan's view): by default
+        libvirt's — the host's CPUs times the allocation strategy's ``target_cpu`` percent
+        (400 when it has none: four virtual CPUs a core), its memory, its datastore's free
+        space, and the domains defined there."""
+        facts = ctx.facts(host)
+        hv = ctx.hypervisor(host)
+        used = [hv.resources(d.name) for d in hv.domains()]
+        percent = int(getattr(ctx.allocation, "target_cpu", 400) or 400)
+        return TargetLoad(host=host, cpus=facts.cpus * percent // 100,
+                          memory_mib=facts.memory_mib,
+                          free_bytes=facts.datastore_free_bytes or 0,
+                          used_cpus=sum(c for c, _ in used), used_mib=sum(m for _, m in used))
+
+    def rejoined(self, ctx: Context, host: str) -> None:
+        """A host emptied by an evacuation is back as CentOS 6 (checked by the core): tell
+        the control plane, if it keeps a record of hosts. Nothing by default."""
+
     def guard_target(self, ctx: Context, host: str) -> None:
         """Raise :class:`PreconditionError` unless the user's disks may be put on ``host``.
         Storage strategies call it before they touch a target host."""

@@ -399,5 +399,7 @@ class Context(Protocol):
 
     def vm_dir(self, vm: VM) -> Path: ...
 
+    def note_fence(self, record: FenceResult) -> None: ...
+
 
 Severity = Literal["critical", "warning", "info"]

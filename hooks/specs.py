@@ -48,6 +48,7 @@ from rehost.core.types import (
     StartResult,
     StrategyRecord,
     SwapResult,
+    TargetLoad,
     TransferResult,
     UndefineResult,
     UnfenceResult,
@@ -263,6 +264,52 @@ def rehost_campaign_finish(ctx: Context, outcome: dict[str, str]) -> None:
 
     :param ctx: the campaign.
     :param outcome: each VM's name mapped to ``done``, ``failed`` or ``skipped``.
+    """
+
+
+# ---------------------------------------------------------------------------------------------
+# the whole datacenter: evacuation host by host (``rehost run --evacuate``)
+# ---------------------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def rehost_host_capacity(ctx: Context, host: str) -> TargetLoad | None:
+    """What a host can hold and holds now, as the control plane counts it: the evacuation
+    plan fits each wave's VMs into the target hosts with it. Stops at first non-None result.
+
+    The built-in control planes answer: ``libvirt`` from the host's own CPUs (times the
+    allocation strategy's ``target_cpu`` percent), memory, datastore and defined domains;
+    ``abiquo`` from the Abiquo machine's CPUs and RAM and what Abiquo counts used there.
+
+    :param ctx: the campaign.
+    :param host: a host of the site config.
+    :return: a :class:`~rehost.core.types.TargetLoad`, or ``None`` to let another plugin
+      answer.
+    """
+
+
+@hookspec
+def rehost_host_emptied(ctx: Context, host: str, wave: int) -> None:
+    """A source host has no VM left (its wave moved them all; the backups were kept or
+    deleted as the site says). A site plugin can reinstall it now as CentOS 6 through its own
+    provisioning; rehost then waits (``campaign.rejoin_timeout``) for the host to come back,
+    checks it and uses it as a target for the next waves. Every plugin is called, at least
+    once: when rehost is killed before every implementation returned, ``rehost resume`` calls
+    the hook again (an implementation should notice a reinstall it already started).
+
+    :param ctx: the campaign.
+    :param host: the host's name in the site config.
+    :param wave: the wave that emptied it (1 for the first).
+    """
+
+
+@hookspec
+def rehost_host_rejoined(ctx: Context, host: str) -> None:
+    """A host emptied by an evacuation came back as CentOS 6 and is a target from now on.
+    Every plugin is called (the ``abiquo`` control plane has Abiquo check the machine).
+
+    :param ctx: the campaign.
+    :param host: the host's name.
     """
 
 

@@ -1,4 +1,5 @@
-"""The lab description (TOML): hosts, their personalities, the datastore, the VMs to create."""
+"""The lab description (TOML): hosts, their personalities, the datastore, the VMs to create,
+and the enterprises (tenants) whose users own the VMs in the Abiquo emulator."""
 
 from __future__ import annotations
 
@@ -47,10 +48,37 @@ class LabVM:
     captured: bool = False
     #: defined and never started: the emulator shows it CONFIGURED
     configured: bool = False
+    #: the enterprise that owns it in the emulator (None: the first), and its user's nick
+    #: (None: the enterprise's first user)
+    enterprise: str | None = None
+    owner: str | None = None
 
     @property
     def domain(self) -> str:
         return f"ABQ_{self.uuid}" if self.abiquo and not self.captured else self.name
+
+
+@dataclass
+class LabUser:
+    nick: str
+    name: str = ""
+    surname: str = ""
+    email: str = ""
+    active: bool = True
+    #: the virtual datacenters the user is restricted to (empty: all)
+    vdcs: list[int] = field(default_factory=list)
+
+
+@dataclass
+class LabEnterprise:
+    name: str
+    users: list[LabUser] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name,
+                "users": [{"nick": u.nick, "name": u.name or u.nick, "surname": u.surname,
+                           "email": u.email, "active": u.active, "vdcs": list(u.vdcs)}
+                          for u in self.users]}
 
 
 @dataclass
@@ -59,6 +87,7 @@ class LabHost:
     os: str
     cpus: int = 4
     ram_mib: int = 8192
+    rack: str = ""  # the rack the site config says it stands in ("" none)
 
 
 @dataclass
@@ -75,6 +104,10 @@ class LabDescription:
     control: str = "abiquo"
     #: the Abiquo version the emulator plays: ``2.4`` (XML only, 2.0's field names) or ``2.6``
     abiquo: str = "2.6"
+    #: the enterprises of the emulator (none: one enterprise ``lab``, its user ``admin``)
+    enterprises: list[LabEnterprise] = field(default_factory=list)
+    #: whether the lab runs its SMTP server (the site config's mail notifier sends there)
+    mail: bool = True
 
     def host(self, name: str) -> LabHost:
         for h in self.hosts:
@@ -110,10 +143,10 @@ def parse_description(text: str, source: str = "<string>") -> LabDescription:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"lab description {source}: {exc}") from exc
-    _check_keys("", data, {"lab", "hosts", "vms"})
+    _check_keys("", data, {"lab", "hosts", "vms", "enterprises"})
     lab = data.get("lab", {})
     _check_keys("lab.", lab, {"name", "network", "datastore", "shared_datastore", "volume_mib",
-                              "control", "abiquo"})
+                              "control", "abiquo", "mail"})
     name = str(lab.get("name", "lab"))
     control = str(lab.get("control", "abiquo"))
     if control not in ("abiquo", "libvirt"):
@@ -127,7 +160,7 @@ def parse_description(text: str, source: str = "<string>") -> LabDescription:
                           "plays)")
     hosts: list[LabHost] = []
     for i, h in enumerate(data.get("hosts", [])):
-        _check_keys(f"hosts[{i}].", h, {"name", "os", "cpus", "ram_mib"})
+        _check_keys(f"hosts[{i}].", h, {"name", "os", "cpus", "ram_mib", "rack"})
         if h.get("os") not in PERSONALITIES:
             raise ConfigError(
                 f"lab description: hosts[{i}].os is {h.get('os')!r}: choose one of "
@@ -138,18 +171,21 @@ def parse_description(text: str, source: str = "<string>") -> LabDescription:
             # a description written for 2.6, played as 2.4: Abiquo 2.4 supports CentOS 6.3
             os_name = "centos-6.3"
         hosts.append(LabHost(str(h["name"]), os_name, int(h.get("cpus", 4)),
-                             int(h.get("ram_mib", 8192))))
+                             int(h.get("ram_mib", 8192)), str(h.get("rack", ""))))
     if not hosts:
         raise ConfigError("lab description: no hosts")
     names = {h.name for h in hosts}
     if len(names) != len(hosts):
         raise ConfigError("lab description: two hosts have the same name")
+    enterprises = _parse_enterprises(data.get("enterprises", []))
     vms: list[LabVM] = []
     for i, v in enumerate(data.get("vms", [])):
         _check_keys(f"vms[{i}].", v, {"name", "host", "uuid", "cpu", "ram_mib", "disks", "volume",
-                                      "running", "captured", "configured"})
+                                      "running", "captured", "configured", "enterprise",
+                                      "owner"})
         if v.get("host") not in names:
             raise ConfigError(f"lab description: vms[{i}].host {v.get('host')!r} is not a host")
+        _check_owner(i, v, enterprises)
         disks = []
         for j, d in enumerate(v.get("disks", [{}])):
             _check_keys(f"vms[{i}].disks[{j}].", d, {"size_mib", "format", "data_mib"})
@@ -163,7 +199,9 @@ def parse_description(text: str, source: str = "<string>") -> LabDescription:
                          bool(v.get("volume", False)),
                          bool(v.get("running", True)) and not v.get("configured"),
                          abiquo=control == "abiquo", captured=bool(v.get("captured")),
-                         configured=bool(v.get("configured"))))
+                         configured=bool(v.get("configured")),
+                         enterprise=str(v["enterprise"]) if v.get("enterprise") else None,
+                         owner=str(v["owner"]) if v.get("owner") else None))
     return LabDescription(
         name=name,
         network=str(lab.get("network") or default_network()),
@@ -175,7 +213,48 @@ def parse_description(text: str, source: str = "<string>") -> LabDescription:
         source=source,
         control=control,
         abiquo=abiquo,
+        enterprises=enterprises,
+        mail=bool(lab.get("mail", True)),
     )
+
+
+def _parse_enterprises(tables: list[dict[str, Any]]) -> list[LabEnterprise]:
+    out: list[LabEnterprise] = []
+    for i, e in enumerate(tables):
+        _check_keys(f"enterprises[{i}].", e, {"name", "users"})
+        if not e.get("name"):
+            raise ConfigError(f"lab description: enterprises[{i}] needs a name")
+        users = []
+        for j, u in enumerate(e.get("users", [])):
+            _check_keys(f"enterprises[{i}].users[{j}].", u,
+                        {"nick", "name", "surname", "email", "active", "vdcs"})
+            if not u.get("nick"):
+                raise ConfigError(f"lab description: enterprises[{i}].users[{j}] needs a nick")
+            users.append(LabUser(str(u["nick"]), str(u.get("name", "")),
+                                 str(u.get("surname", "")), str(u.get("email", "")),
+                                 bool(u.get("active", True)),
+                                 [int(x) for x in u.get("vdcs", [])]))
+        out.append(LabEnterprise(str(e["name"]), users))
+    if len({e.name for e in out}) != len(out):
+        raise ConfigError("lab description: two enterprises have the same name")
+    return out
+
+
+def _check_owner(i: int, vm: dict[str, Any], enterprises: list[LabEnterprise]) -> None:
+    """A VM's ``enterprise`` and ``owner`` name an enterprise and one of its users."""
+    if not vm.get("enterprise") and not vm.get("owner"):
+        return
+    if not enterprises:
+        raise ConfigError(f"lab description: vms[{i}] names an enterprise or owner, but the "
+                          "description has no [[enterprises]]")
+    ent = next((e for e in enterprises if e.name == vm.get("enterprise")), None)
+    if vm.get("enterprise") and ent is None:
+        raise ConfigError(f"lab description: vms[{i}].enterprise {vm['enterprise']!r} is not "
+                          "an enterprise")
+    ent = ent or enterprises[0]
+    if vm.get("owner") and vm["owner"] not in {u.nick for u in ent.users}:
+        raise ConfigError(f"lab description: vms[{i}].owner {vm['owner']!r} is not a user of "
+                          f"enterprise {ent.name!r}")
 
 
 def load_description(path: str | Path | None = None) -> LabDescription:

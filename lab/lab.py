@@ -1,6 +1,10 @@
 """The rehearsal lab: ``up`` builds hosts and VMs from a description and writes a site config;
 ``down`` removes everything it made; ``status`` tells what is up.
 
+Besides the hosts, ``up`` starts the Abiquo API emulator (Abiquo labs) and an SMTP server that
+keeps every message it receives (:mod:`rehost.lab.mailserver`; ``[lab] mail = false`` leaves
+it out); the site config points the mail notifier at it.
+
 The lab's record (``lab.json`` in the lab directory) is the source of truth for ``down`` and for
 tests: hosts, addresses, VMs with the checksums of their disks as created, the shared volume.
 """
@@ -275,7 +279,7 @@ def up(description_path: str | Path | None = None, root: Path | None = None) -> 
             "name": h.name, "index": lay.index, "os": h.os, "release": PERSONALITIES[h.os],
             "address": lay.address, "root": str(lay.root), "datastore": lay.datastore,
             "datastore_dir": str(lay.datastore_dir), "netns": lay.netns, "cpus": h.cpus,
-            "ram_mib": h.ram_mib,
+            "ram_mib": h.ram_mib, "rack": h.rack,
             "uri": f"qemu+ssh://root@{lay.address}/system?command={wrapper}",
         })
     _save_state(root, state)
@@ -315,7 +319,8 @@ def up(description_path: str | Path | None = None, root: Path | None = None) -> 
                              "host": vm.host, "cpu": vm.cpu, "ram_mib": vm.ram_mib,
                              "disks": disks, "volume": volume_dev if vm.volume else None,
                              "running": vm.running, "captured": vm.captured,
-                             "configured": vm.configured})
+                             "configured": vm.configured, "enterprise": vm.enterprise,
+                             "owner": vm.owner})
         _save_state(root, state)
 
     state["ssh_config"] = str(ssh_config)
@@ -323,11 +328,18 @@ def up(description_path: str | Path | None = None, root: Path | None = None) -> 
     state["control"] = desc.control
     if desc.control == "abiquo":
         state["abiquo"] = desc.abiquo  # the emulator's version profile
+    # the emulator's tenants: None, its own default (one enterprise, one user)
+    state["enterprises"] = [e.to_dict() for e in desc.enterprises] or None
     _save_state(root, state)
     if desc.control == "abiquo":
         from rehost.lab.emulator.process import start_emulator
 
         state["emulator"] = start_emulator(state)
+        _save_state(root, state)
+    if desc.mail:
+        from rehost.lab.mailserver import start_mailserver
+
+        state["mail"] = start_mailserver(state)
         _save_state(root, state)
     from rehost.lab.siteconfig import write_site_config
 
@@ -384,6 +396,10 @@ def down(root: Path | None = None, quiet: bool = False) -> list[str]:
         if emulator.get("pid"):
             labhosts.stop_pids([int(emulator["pid"])])
             done.append(f"stopped the Abiquo emulator (pid {emulator['pid']})")
+        mail = st.data.get("mail") or {}
+        if mail.get("pid"):
+            labhosts.stop_pids([int(mail["pid"])])
+            done.append(f"stopped the SMTP server (pid {mail['pid']})")
         for h in st.data.get("hosts", []):
             labhosts.stop_host(st.layout(h["name"]))
             done.append(f"stopped host {h['name']}")
@@ -439,7 +455,8 @@ def status(root: Path | None = None) -> dict[str, Any]:
                       "daemons": alive, "domains": domains})
     return {"up": True, "root": str(st.root), "site_config": st.data.get("site_config"),
             "hosts": hosts, "volume": st.data.get("volume"),
-            "emulator": st.data.get("emulator"), "namespaces": labhosts.lab_namespaces()}
+            "emulator": st.data.get("emulator"), "mail": st.data.get("mail"),
+            "namespaces": labhosts.lab_namespaces()}
 
 
 def lab_mounts(root: Path | None = None) -> list[str]:

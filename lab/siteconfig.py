@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from rehost.lab.lab import LabState
@@ -19,7 +19,9 @@ def render_site_config(st: LabState, storage: str | None = None,
     data = st.data
     root = st.root
     shared = len({h["datastore_dir"] for h in data["hosts"]}) == 1 and len(data["hosts"]) > 1
-    storage = storage or ("shared" if shared else "scp")
+    # the sparse-aware copy where each host has its own datastore, nothing to copy where
+    # they share one
+    storage = storage or ("shared" if shared else "tar")
     lines = [
         "# rehost site config written by `rehost lab up` for the rehearsal lab",
         f"# lab: {data['name']} ({root})",
@@ -59,6 +61,7 @@ def render_site_config(st: LabState, storage: str | None = None,
             f"uri = {_s(h['uri'])}",
             f"role = {_s(role)}",
             f"datastore = {_s(h['datastore'])}",
+            *([f"rack = {_s(h['rack'])}"] if h.get("rack") else []),
             "",
         ]
     lines += [
@@ -69,7 +72,36 @@ def render_site_config(st: LabState, storage: str | None = None,
         f"strategy = {_s(allocation)}",
         "",
     ]
+    lines += _mail(data)
     return "\n".join(lines)
+
+
+#: who owns the VMs of a lab without Abiquo (there, no enterprise says it)
+LIBVIRT_OWNERS = "owners@rehost-lab.invalid"
+
+
+def _mail(data: dict[str, Any]) -> list[str]:
+    """The mail notifier, pointed at the lab's SMTP server: STARTTLS verified against the
+    lab's CA, a login, owners from the emulator's enterprises (or one address for every VM
+    on plain libvirt)."""
+    mail = data.get("mail")
+    if not mail:
+        return []
+    lines = [
+        "[plugins.mail]",
+        f"host = {_s(mail['host'])}",
+        f"port = {int(mail['port'])}",
+        'tls = "starttls"',
+        f"ca_file = {_s(mail['ca_file'])}",
+        f"user = {_s(mail['user'])}",
+        f"password_file = {_s(mail['password_file'])}",
+        'sender = "rehost@rehost-lab.invalid"',
+        'sender_name = "rehost lab"',
+        'contact = "the lab\'s operators, ops@rehost-lab.invalid"',
+    ]
+    if data.get("control", "abiquo") != "abiquo":
+        lines.append(f"vm_owners = {{ \"*\" = [{_s(LIBVIRT_OWNERS)}] }}")
+    return [*lines, ""]
 
 
 def write_site_config(st: LabState, **kwargs: str) -> str:

@@ -49,13 +49,14 @@ from rehost.api import (
     RollbackResult,
     StartResult,
     StrategyRecord,
+    TargetLoad,
     backup_path,
     hookimpl,
     parse_centos_release,
 )
 
 if TYPE_CHECKING:
-    from rehost.abiquo.types import VirtualMachine
+    from rehost.abiquo.types import Machine, VirtualMachine
 
 
 #: a VM in these states is still selected: preflight says what is wrong with it
@@ -320,18 +321,63 @@ class AbiquoControl(ControlPlane):
             raise PreconditionError(f"{vm.name} is {avm.state} in Abiquo: cannot deploy")
         host = machine_host(ctx, c.vm_machine(avm))
         if host is None or ctx.host(host).role != "target":
+            where = host or "a machine not in the site config"
+            gone = self._undeploy_misplaced(ctx, vm, avm)
             raise PreconditionError(
-                f"{vm.name} was deployed on {host or 'a machine not in the site config'}, not "
-                "on a target host: its disks there are templates; the user's disks stay as "
-                f"_BACK on {vm.source_host}")
+                f"{vm.name} was deployed on {where}, not on a target host ({gone}); the "
+                f"user's disks stay as _BACK on {vm.source_host}. Check the fence (the "
+                "allocation rules of the source machines), then `rehost resume` deploys it "
+                "again")
         facts = ctx.facts(host)
         if facts.centos_major != 6:  # unknown is not CentOS 6 either
+            gone = self._undeploy_misplaced(ctx, vm, avm)
             raise PreconditionError(f"{vm.name} landed on {host} ({facts.os_release}), not "
-                                    f"CentOS 6: the user's disks stay as _BACK on "
+                                    f"CentOS 6 ({gone}); the user's disks stay as _BACK on "
                                     f"{vm.source_host}")
         vm.target_host = host
         return DeployResult(host=host, how=how, os_release=facts.os_release,
                             abiquo_state=c.vm(avm).state)
+
+    def _machine(self, ctx: Context, host: str) -> Machine:
+        found = next((m for m in client(ctx).machines() if machine_host(ctx, m) == host), None)
+        if found is None:
+            raise PreconditionError(f"{host} is not a machine in Abiquo (add it to a rack)")
+        return found
+
+    def capacity(self, ctx: Context, host: str) -> TargetLoad:
+        """As Abiquo's allocator counts: the machine's CPUs and RAM and what its VMs use;
+        the datastore's free space from the host."""
+        m = self._machine(ctx, host)
+        facts = ctx.facts(host)
+        return TargetLoad(host=host, cpus=m.cpu or 0, memory_mib=m.ram or 0,
+                          free_bytes=facts.datastore_free_bytes or 0,
+                          used_cpus=m.cpuUsed or 0, used_mib=m.ramUsed or 0)
+
+    def rejoined(self, ctx: Context, host: str) -> None:
+        """Abiquo checks the reinstalled machine (its ``checkstate`` action): it must be
+        ``MANAGED`` before VMs are deployed there."""
+        m = self._machine(ctx, host)
+        state = client(ctx).check_machine_state(m)
+        if state != "MANAGED":
+            raise PreconditionError(f"Abiquo sees the machine {m.name} as {state}, not "
+                                    "MANAGED: check it in Abiquo (its hypervisor, its AIM), "
+                                    f"then `rehost host rejoin {host}` again")
+
+    def _undeploy_misplaced(self, ctx: Context, vm: VM, avm: VirtualMachine) -> str:
+        """A deploy that landed where the user's disks must not go (a source host: the
+        fence failed or was removed) is undeployed again at once, so that no template VM is
+        left running there: it is only a template VM, since the user's disks are safe under
+        their _BACK names on the source host (checked first; otherwise it is left alone)."""
+        sh = ctx.shell(vm.source_host or "")
+        for disk in vm.file_disks():
+            if not sh.exists(backup_path(disk)):
+                return (f"left as it is: {backup_path(disk)} is not on {vm.source_host}, so "
+                        "its disks there may be the user's")
+        try:
+            client(ctx).undeploy(avm, timeout=ctx.config.campaign.task_timeout)
+        except Exception as exc:
+            return f"undeploying it failed: {exc}"
+        return "it was undeployed again: its disks there were templates"
 
     def power_off_new(self, vm: VM, ctx: Context) -> PowerOffNewResult:
         c = client(ctx)

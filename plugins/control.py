@@ -21,6 +21,7 @@ from rehost.api import (
     PowerOffResult,
     RollbackResult,
     StartResult,
+    TargetLoad,
     UndefineResult,
     hookimpl,
 )
@@ -36,6 +37,17 @@ def rehost_discover_hosts(ctx: Context) -> list[Host]:
 def rehost_select_vms(ctx: Context) -> list[VM]:
     vms: list[VM] = ctx.control.select_vms(ctx)
     return vms
+
+
+@hookimpl(trylast=True)
+def rehost_host_capacity(ctx: Context, host: str) -> TargetLoad:
+    found: TargetLoad = ctx.control.capacity(ctx, host)
+    return found
+
+
+@hookimpl
+def rehost_host_rejoined(ctx: Context, host: str) -> None:
+    ctx.control.rejoined(ctx, host)
 
 
 @hookimpl

@@ -2,8 +2,10 @@
 
 The ``notify`` stage tells every notifier (``rehost_notify``) that a VM's downtime starts.
 This plugin also tells them when the downtime ends (the ``start`` stage, or a ``rollback``,
-finished) and when a VM stopped after a failure. A site plugin adds mail, chat or ticket
-notifications by implementing ``rehost_notify`` too (every notifier is called).
+finished) and when a VM stopped after a failure. A site plugin adds chat or ticket
+notifications by implementing ``rehost_notify`` too (every notifier is called). Mail to each
+VM's owners is the built-in ``mail`` plugin's (``rehost.plugins.mail``, ``[plugins.mail]``),
+which watches the same moments itself.
 """
 
 from __future__ import annotations

@@ -249,6 +249,21 @@ def redact(value: Any, secrets: Iterable[str]) -> Any:
     return scrub(value)
 
 
+def _waves(evacuation: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """An evacuation's waves, done ones first, then the one running."""
+    if not evacuation:
+        return []
+    joined = set(evacuation.get("joined") or [])
+    rows = [(w, "done") for w in evacuation.get("waves") or []]
+    if evacuation.get("current"):
+        rows.append((evacuation["current"], "running"))
+    return [{"number": int(w["number"]), "host": w["host"], "rack": w.get("rack", ""),
+             "vms": [m["label"] for m in w.get("moves", [])],
+             "targets": sorted({m["target"] for m in w.get("moves", [])}),
+             "estimate_s": float(w.get("estimate_s", 0.0)), "status": status,
+             "rejoined": w["host"] in joined} for w, status in rows]
+
+
 def build_report(journal: Journal, *, campaign: str, storage: str, allocation: str,
                  hosts: dict[str, dict[str, Any]] | None = None,
                  secrets: Iterable[str] = (), now: float | None = None) -> dict[str, Any]:
@@ -313,6 +328,8 @@ def build_report(journal: Journal, *, campaign: str, storage: str, allocation: s
         },
         "hosts": host_rows,
         "hosts_emptied": [h["name"] for h in host_rows if h["emptied"]],
+        "waves": _waves(journal.get("evacuation")),
+        "hosts_rejoined": list((journal.get("evacuation") or {}).get("joined") or []),
         "backups_pending": [{"vm": v["label"], "host": v["source_host"], "path": b}
                             for v in vms for b in v["backups_pending"]],
         "failures": [{"vm": v["label"], "name": v["name"], "uuid": v["uuid"],

@@ -13,6 +13,16 @@ from rehost.lab import lab as labmod
 from rehost.lab.lab import LabState
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist each worker has labs of its own: worker N uses lab instance
+    REHOST_LAB_INSTANCE + 10 N (and + 100 for ``make_lab``), so the labs of several workers
+    never share addresses, namespaces or folders."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if worker.startswith("gw"):
+        base = int(os.environ.get("REHOST_LAB_INSTANCE", "0") or "0")
+        os.environ["REHOST_LAB_INSTANCE"] = str(base + 10 * int(worker[2:]))
+
+
 @pytest.fixture(autouse=True)
 def _quiet_loguru() -> Iterator[None]:
     logger.remove()

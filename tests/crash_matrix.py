@@ -83,8 +83,9 @@ def lab_description(control: str, storage: str, vms: int) -> str:
     text = (f'[lab]\nname = "crash-{control}-{storage}"\ncontrol = "{control}"\n'
             f'shared_datastore = {"true" if shared else "false"}\n\n'
             # room in Abiquo's eyes for every VM of the matrix on either host (a rollback
-            # deploys a VM on its source host again)
-            '[[hosts]]\nname = "c5-a"\nos = "centos-5.11"\ncpus = 256\nram_mib = 262144\n\n'
+            # deploys a VM on its source host again), yet few enough CPUs on the source that
+            # a 1% load-level rule admits no VM there (1% of 64 CPUs is under one)
+            '[[hosts]]\nname = "c5-a"\nos = "centos-5.11"\ncpus = 64\nram_mib = 65536\n\n'
             '[[hosts]]\nname = "c6-a"\nos = "centos-6.4"\ncpus = 256\nram_mib = 262144\n')
     for i in range(vms):
         text += (f'\n[[vms]]\nname = "v{i:02d}"\nhost = "c5-a"\n'

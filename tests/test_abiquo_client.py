@@ -250,6 +250,8 @@ def test_connection_errors_are_retried_then_raised() -> None:
     with pytest.raises(AbiquoError) as info:
         c.datacenters()
     assert info.value.code == "CONNECTION" and info.value.status is None
+    assert "cannot reach the Abiquo API at http://127.0.0.1:" in info.value.message
+    assert "(connection refused; 3 attempts)" in info.value.message
     assert len([a for a in attempts if "retrying" in a]) == 2
 
 
@@ -485,3 +487,36 @@ def parse_machine(edit: str, vms: str) -> Machine:
 
     return parse(Machine, {"links": [{"rel": "edit", "href": edit},
                                      {"rel": "virtualmachines", "href": vms}]})
+
+
+# -- hostile or broken answers ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("vm", "says"), [
+    ({**VM, "cpu": "lots"}, "a virtualmachine's cpu = 'lots': not a number"),
+    ({**VM, "ram": {"MiB": 512}}, "a virtualmachine's ram = {'MiB': 512}: not a number"),
+    ({**VM, "state": ["ON"]}, "a virtualmachine's state = ['ON']: not text"),
+    ({**VM, "links": "edit"}, "a virtualmachine's links = 'edit': not a list of links"),
+    (["not", "a", "vm"], "a virtualmachine = ['not', 'a', 'vm']: not an object"),
+])
+def test_an_answer_with_fields_of_the_wrong_kind_is_refused_naming_the_field(
+        fake: Fake, vm: Any, says: str) -> None:
+    fake.script["/api/cloud/vm/7"] = [(200, vm)]
+    with pytest.raises(AbiquoError) as info:
+        client(fake.url).vm("/api/cloud/vm/7")
+    assert info.value.code == "BAD-ANSWER"
+    assert says in info.value.message
+
+
+def test_an_answer_missing_fields_is_read_and_a_missing_link_is_named(fake: Fake) -> None:
+    # Abiquo may leave fields out: they are None, never invented
+    fake.script["/api/cloud/vm/7"] = [(200, {"id": 7, "links": [
+        {"rel": "edit", "href": "/api/cloud/vm/7"}]})]
+    c = client(fake.url)
+    vm = c.vm("/api/cloud/vm/7")
+    assert (vm.name, vm.state, vm.cpu, vm.uuid) == (None, None, None, None)
+    # an action whose link is missing says which link, and which the VM has
+    with pytest.raises(AbiquoError, match=r"VirtualMachine has no link rel 'deploy' \(it has: "
+                                          r"edit\)"):
+        c.deploy(vm, wait=False)
+    assert [s.method for s in fake.seen] == ["GET"]  # nothing was asked to change

@@ -89,6 +89,9 @@ def test_scp_campaign_moves_every_vm_and_restores_the_rules(
     from importlib import resources
 
     st = make_lab(resources.files("rehost.lab").joinpath("default.toml").read_text())
+    from rehost.lab.siteconfig import write_site_config
+
+    write_site_config(st, storage="scp")  # the lab chooses tar
     recorder = tmp_path / "recorder.py"
     recorder.write_text(RECORDER)
     log = tmp_path / "events.jsonl"

@@ -71,7 +71,7 @@ def test_a_small_config_has_sensible_defaults() -> None:
     assert cfg.hosts["kvm05"].datastore == "/var/lib/virt"
     assert cfg.hosts["kvm06"].datastore == "/srv/virt"
     assert cfg.campaign.parallel == 1 and cfg.campaign.delete_backups is False
-    assert cfg.storage.strategy == "scp" and cfg.allocation.strategy == "loadlevel"
+    assert cfg.storage.strategy == "tar" and cfg.allocation.strategy == "loadlevel"
     assert cfg.control.strategy == "abiquo" and cfg.control.options == {}
     assert cfg.sections == {} and cfg.plugins.settings == {}
     assert cfg.report.formats == ["html", "md", "json"]
@@ -197,7 +197,7 @@ def test_control_and_strategy_sections() -> None:
     cfg = parse_config("[control]\nstrategy = 'none'\n[control.options]\nwait = 3\n"
                        "[storage.options]\nchecksum = 'md5'\n" + HOSTS, "/etc/rehost/site.toml")
     assert cfg.control.strategy == "none" and cfg.control.options == {"wait": 3}
-    assert cfg.storage.strategy == "scp" and cfg.storage.options == {"checksum": "md5"}
+    assert cfg.storage.strategy == "tar" and cfg.storage.options == {"checksum": "md5"}
 
 
 @pytest.mark.parametrize("role", ["src", "centos5", "Source", ""])
@@ -362,7 +362,7 @@ def test_base_dir_and_resolve_path(tmp_path: Path) -> None:
     assert cfg.resolve_path("/abs") == "/abs"
     assert cfg.resolve_path(None) is None
     assert parse_config(HOSTS).base_dir == Path.cwd()
-    assert SiteConfig("<test>").storage.strategy == "scp"
+    assert SiteConfig("<test>").storage.strategy == "tar"
 
 
 def test_relative_paths_are_resolved_against_the_config_folder(tmp_path: Path) -> None:

@@ -101,3 +101,102 @@ def test_the_target_sshd_dies_mid_copy_the_others_are_held_and_resume_finishes(
         for disk in st.vm(name)["disks"]:
             assert shell(st, "new-a").checksum(disk["path"], "sha1") == disk["sha1"]
     assert "qemu-system-x86_64" in virsh(st, "new-a", "dumpxml", "vm1")
+
+
+def in_host(st: LabState, host: str, *argv: str) -> subprocess.CompletedProcess[str]:
+    """A command in a lab host's own namespaces (those of its libvirtd and sshd)."""
+    libvirtd = labhosts.read_pid(st.layout(host).path("run") / "libvirtd.pid")
+    assert libvirtd is not None
+    return subprocess.run(["nsenter", "-t", str(libvirtd), "-m", "-u", "-n", *argv],
+                          capture_output=True, text=True, check=True, timeout=60)
+
+
+def test_the_target_datastore_fills_up_mid_copy_nothing_is_lost_and_resume_finishes(
+        make_lab) -> None:
+    st = make_lab(THREE_VMS)
+    datastore = st.host("new-a")["datastore"]
+    # the target's datastore is a filesystem of its own, with room for the campaign
+    in_host(st, "new-a", "mount", "-t", "tmpfs", "-o", "size=900m", "tmpfs", datastore)
+    journal = st.root / "state" / "journal.sqlite"
+    filler = f"{datastore}/filler"
+    proc = subprocess.Popen([sys.executable, "-m", "rehost.core.cli", "run", "-c",
+                             str(st.site_config), "--parallel", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        wait_for_stage(journal, "transfer", time.monotonic() + 300)
+        # frozen at the start of big's copy, something else fills the datastore up
+        os.killpg(proc.pid, signal.SIGSTOP)
+        try:
+            free = int(in_host(st, "new-a", "df", "-B1", "--output=avail",
+                               datastore).stdout.split()[-1])
+            in_host(st, "new-a", "fallocate", "-l", str(free - (8 << 20)), filler)
+        finally:
+            os.killpg(proc.pid, signal.SIGCONT)
+        out, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 1, out + err
+    assert "No space left on device on new-a: its datastore /var/lib/virt has" in err, err
+    assert "the datastore of new-a is full while moving big (transfer)" in err
+    assert "held the VMs not yet powered off" in err and "`rehost resume`" in err
+
+    status = json.loads(rehost("status", "-c", str(st.site_config), "--json").stdout)
+    rows = {r["label"]: r for r in status["vms"]}
+    assert (rows["big"]["status"], rows["big"]["stage"]) == ("failed", "transfer")
+    for name in ("vm1", "vm2"):
+        assert rows[name]["status"] == "held"
+        assert where_is(st, name) == {"old-a": "running"}
+        disk = st.vm(name)["disks"][0]
+        assert shell(st, "old-a").checksum(disk["path"], "sha1") == disk["sha1"]
+    big = st.vm("big")["disks"][0]
+    assert shell(st, "old-a").checksum(big["path"] + "_BACK", "sha1") == big["sha1"]
+
+    # the operator makes room, and resume finishes the campaign
+    in_host(st, "new-a", "rm", "-f", filler)
+    res = rehost("resume", "-c", str(st.site_config))
+    assert res.returncode == 0, res.stdout + res.stderr
+    for name in ("big", "vm1", "vm2"):
+        assert where_is(st, name) == {"new-a": "running"}
+        for disk in st.vm(name)["disks"]:
+            assert shell(st, "new-a").checksum(disk["path"], "sha1") == disk["sha1"]
+
+
+def test_the_target_host_reboots_between_stages_and_resume_finishes(make_lab) -> None:
+    from rehost.lab.reinstall import reboot
+
+    st = make_lab(THREE_VMS)
+    journal = st.root / "state" / "journal.sqlite"
+    proc = subprocess.Popen([sys.executable, "-m", "rehost.core.cli", "run", "-c",
+                             str(st.site_config), "--parallel", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        # big is defined on new-a, its disks not yet there: new-a reboots now
+        wait_for_stage(journal, "power_off_new", time.monotonic() + 300)
+        os.killpg(proc.pid, signal.SIGSTOP)
+        try:
+            reboot("new-a", st.root)
+        finally:
+            os.killpg(proc.pid, signal.SIGCONT)
+        out, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    # whatever the run made of it (a stage may have failed on the dead connection), nothing
+    # is lost, and resume finishes the campaign
+    big = st.vm("big")["disks"][0]
+    if proc.returncode != 0:
+        status = json.loads(rehost("status", "-c", str(st.site_config), "--json").stdout)
+        rows = {r["label"]: r for r in status["vms"]}
+        assert rows["big"]["status"] in ("failed", "done"), (out, err)
+        assert shell(st, "old-a").checksum(big["path"] + "_BACK", "sha1") == big["sha1"]
+        res = rehost("resume", "-c", str(st.site_config))
+        assert res.returncode == 0, res.stdout + res.stderr
+    for name in ("big", "vm1", "vm2"):
+        assert where_is(st, name) == {"new-a": "running"}
+        for disk in st.vm(name)["disks"]:
+            assert shell(st, "new-a").checksum(disk["path"], "sha1") == disk["sha1"]

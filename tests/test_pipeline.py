@@ -429,10 +429,13 @@ def test_resume_after_a_crash_mid_stage_reruns_only_the_unfinished_stage(
     finally:
         ctx.close()
     assert outcome == {"ABQ_web01": "done"}
-    # still fenced from the first run: no second fence, and the first fence is put back
-    assert performer.fence_calls == 0
-    assert "fence" not in recorder.calls and "stage_start fence" not in recorder.calls
-    assert performer.unfenced == [{"fenced": ["old"], "run": 1}]
+    # still fenced from the first run: that fence is taken down, put up again before any
+    # VM stage (the control plane may have lost it meanwhile), and put back at the end
+    assert performer.fence_calls == 1
+    assert recorder.calls.index("stage_start fence") < recorder.calls.index(
+        "stage_start swap_disks web01")
+    assert performer.unfenced[0] == {"fenced": ["old"], "run": 1}
+    assert len(performer.unfenced) == 2
     rest = VM_STAGES[VM_STAGES.index("swap_disks"):]
     assert [c for c in recorder.for_vm("web01") if c.startswith("stage_start")] == [
         f"stage_start {s} web01" for s in rest]
@@ -550,6 +553,55 @@ def test_per_host_limit_keeps_one_copy_per_source_host_while_hosts_run_in_parall
             assert when(second, "locate", "start") >= when(first, "cleanup", "finish")
     finally:
         j.close()
+
+
+class OneTarget(Performer):
+    """Three VMs from three source hosts, all deployed to the target "new": the transfer
+    stage counts the copies into "new" at once."""
+
+    def __init__(self) -> None:
+        super().__init__(["a", "b", "c"])
+        import threading
+
+        self.lock = threading.Lock()
+        self.busy = 0
+        self.peak = 0
+        self.started = threading.Event()
+
+    @hookimpl
+    def rehost_select_vms(self, ctx: Campaign) -> list[VM]:
+        return [VM(name=f"ABQ_{n}", uuid=n, label=n, source_host=f"src-{n}")
+                for n in self.vm_names]
+
+    @hookimpl(tryfirst=True)
+    def rehost_vm_transfer(self, vm: VM, ctx: Campaign) -> dict[str, Any] | None:
+        assert vm.target_host == "new"
+        with self.lock:
+            self.busy += 1
+            self.peak = max(self.peak, self.busy)
+        try:
+            # the first copy lasts until another VM is at its transfer, or 2 s: long enough
+            # for a second copy to overlap it if nothing keeps them apart
+            self.started.wait(2) if self.busy == 1 else self.started.set()
+        finally:
+            with self.lock:
+                self.busy -= 1
+        return {"disks": []}
+
+
+@pytest.mark.parametrize(("limit", "peak"), [(1, 1), (0, 2)])
+def test_per_target_limit_keeps_the_copies_into_one_target_apart(
+        tmp_path: Path, limit: int, peak: int) -> None:
+    performer = OneTarget()
+    ctx, _ = campaign(tmp_path, performer)
+    ctx.config.campaign.parallel = 3
+    ctx.config.campaign.per_target_limit = limit
+    try:
+        outcome = run_campaign(ctx)
+    finally:
+        ctx.close()
+    assert outcome == {f"ABQ_{n}": "done" for n in "abc"}
+    assert performer.peak >= peak if limit == 0 else performer.peak == peak
 
 
 def test_plan_and_confirm_configure_the_plugins_first_and_unconfigure_them_after(
@@ -731,7 +783,7 @@ def test_a_target_fault_holds_the_vms_not_yet_taken_down(tmp_path: Path) -> None
     try:
         rows = {r["vm"]["label"]: r for r in j.vm_rows()}
         assert rows["b"]["status"] == "held"
-        assert rows["b"]["error"].startswith("held before notify: a command on c5-a failed "
+        assert rows["b"]["error"].startswith("held before locate: a command on c5-a failed "
                                              "while moving a (transfer)")
     finally:
         j.close()

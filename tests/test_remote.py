@@ -414,10 +414,19 @@ def test_quote_argv_keeps_every_argument_one_word_verbatim() -> None:
                     min_size=1, max_size=5))
     def check(args: list[str]) -> None:
         line = quote_argv([*printer, *args])
-        out = subprocess.run(["sh", "-c", line], capture_output=True, check=True).stdout
+        out = subprocess.run(["sh", "-c", line], capture_output=True, check=True,
+                             cwd=scratch).stdout
         assert out.split(b"\0")[:-1] == [a.encode() for a in args]
 
-    check()
+    # a broken quoting (the next test) runs redirections: they land in a scratch folder
+    import shutil
+    import tempfile
+
+    scratch = tempfile.mkdtemp(prefix="rehost-quote-")
+    try:
+        check()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def test_the_property_test_catches_broken_quoting(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,6 +17,7 @@ from types import FrameType
 
 from loguru import logger
 
+from rehost.lab.emulator import store
 from rehost.lab.emulator.server import EmulatorServer
 from rehost.lab.emulator.service import Emulator
 from rehost.lab.lab import load_state
@@ -41,7 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     password_file = args.password_file or args.lab_dir / "abiquo-password"
     password = password_file.read_text().strip()
 
-    emu = Emulator(lab, monitor_interval=args.monitor_interval)
+    # its state survives a restart, as Abiquo's database does (store.py)
+    emu = Emulator(lab, monitor_interval=args.monitor_interval,
+                   state_file=args.lab_dir / store.FILE)
     server = EmulatorServer(emu, args.user, password, port=args.port)
     emu.start()
 

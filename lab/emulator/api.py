@@ -24,6 +24,8 @@ RACK = DC + r"/racks/(?P<rack>\d+)"
 MACHINE = RACK + r"/machines/(?P<machine>\d+)"
 VAPP = r"cloud/virtualdatacenters/(?P<vdc>\d+)/virtualappliances/(?P<vapp>\d+)"
 VM = VAPP + r"/virtualmachines/(?P<vm>\d+)"
+#: ``_`` stands for any enterprise in a user's address (2.0 ``UserResource``)
+ENTERPRISE = r"admin/enterprises/(?P<ent>\d+|_)"
 
 Answer = tuple[int, str, Any]  # status, entity (for the media type), body
 Route = Callable[["Api", dict[str, str], Any], Answer]
@@ -214,6 +216,43 @@ class Api:
             raise ApiError(404, "TASK-1", "The requested task does not exist")
         return 200, "task", self.inv.task_json(t)
 
+    # -- enterprises and their users ------------------------------------------------------------
+
+    def _enterprise(self, args: dict[str, str]) -> Any:
+        if args["ent"] == "_":
+            return None
+        e = self.inv.enterprises.get(int(args["ent"]))
+        if e is None:
+            raise ApiError(404, "EN-0", "The requested enterprise does not exist")
+        return e
+
+    def enterprises(self, a: dict[str, str], b: Any) -> Answer:
+        return 200, "enterprises", [self.inv.enterprise_json(e)
+                                    for e in self.inv.enterprises.values()]
+
+    def enterprise(self, a: dict[str, str], b: Any) -> Answer:
+        e = self._enterprise(a)
+        if e is None:
+            raise ApiError(404, "404-NOT FOUND", "The requested resource does not exist")
+        return 200, "enterprise", self.inv.enterprise_json(e)
+
+    def users(self, a: dict[str, str], b: Any) -> Answer:
+        """An enterprise's users (``_``: every enterprise's, as a cloud admin sees them),
+        ordered by name as 2.0 orders them."""
+        e = self._enterprise(a)
+        found = [u for u in self.inv.users.values() if e is None or u.enterprise == e.id]
+        found.sort(key=lambda u: (u.name, u.id))
+        return 200, "users", [self.inv.user_json(u) for u in found]
+
+    def user(self, a: dict[str, str], b: Any) -> Answer:
+        e = self._enterprise(a)
+        u = self.inv.users.get(int(a["user"]))
+        if u is None:
+            raise ApiError(404, "USER-3", "The requested user does not exist")
+        if e is not None and u.enterprise != e.id:  # 2.0 validatePathParameters
+            raise ApiError(404, "USER-0", "The user is not assigned to the enterprise")
+        return 200, "user", self.inv.user_json(u)
+
     # -- rules ----------------------------------------------------------------------------------
 
     def load_rules(self, a: dict[str, str], b: Any) -> Answer:
@@ -317,6 +356,10 @@ ROUTES: list[tuple[str, str, Route]] = [
     ("POST", VM + r"/action/undeploy", Api.undeploy),
     ("GET", VM + r"/tasks", Api.tasks),
     ("GET", VM + r"/tasks/(?P<task>[\w-]+)", Api.task),
+    ("GET", r"admin/enterprises", Api.enterprises),
+    ("GET", ENTERPRISE, Api.enterprise),
+    ("GET", ENTERPRISE + r"/users", Api.users),
+    ("GET", ENTERPRISE + r"/users/(?P<user>\d+)", Api.user),
     ("GET", r"admin/rules/machineLoadLevel", Api.load_rules),
     ("POST", r"admin/rules/machineLoadLevel", Api.create_load_rule),
     ("GET", r"admin/rules/machineLoadLevel/(?P<id>\d+)", Api.load_rule),

@@ -8,10 +8,16 @@ the lab's VMs, the allocation rules and the tasks. Everything is guarded by one 
 The version profile (``2.4`` or ``2.6``) chooses the field names that differ: a machine's
 ``virtualSwitch`` (2.4) or ``networkInterfaces`` (2.6); a VM's ``idType`` (2.4, 1 = managed)
 or ``type`` (2.6, ``MANAGED``).
+
+Each VM belongs to an enterprise and to one of its users (links rel ``enterprise`` and
+``user``), and the enterprises list their users with their e-mail addresses (2.0 ``UserDto``):
+the lab description's ``[[enterprises]]``, or one enterprise ``lab`` whose only user is
+``admin``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import threading
 import time
@@ -67,10 +73,41 @@ class VM:
     captured: bool = False
     #: shown CONFIGURED while its domain is defined and off (never powered on since)
     configured: bool = False
+    #: the enterprise that owns it, and its user (who created it; None: a deleted user)
+    enterprise: int = 1
+    user: int | None = 1
 
     @property
     def hd_bytes(self) -> int:
         return sum(int(d["size"]) for d in self.disks)
+
+
+@dataclass
+class User:
+    """A user of an enterprise, as 2.0's ``UserDto`` has it (its password as a hash)."""
+
+    id: int
+    enterprise: int
+    nick: str
+    name: str
+    surname: str
+    email: str
+    active: bool = True
+    #: the virtual datacenters it is restricted to (comma-separated ids; empty: all)
+    vdcs: str = ""
+    locale: str = "en_US"
+
+
+@dataclass
+class Enterprise:
+    id: int
+    name: str
+
+
+#: the enterprise and user of a lab whose description names none
+DEFAULT_ENTERPRISES: list[dict[str, Any]] = [
+    {"name": "lab", "users": [{"nick": "admin", "name": "admin", "surname": "",
+                               "email": "admin@rehost-lab.invalid"}]}]
 
 
 @dataclass
@@ -117,6 +154,8 @@ class Inventory:
         self.load_rules: dict[int, LoadRule] = {}
         self.fit_rules: dict[int, FitRule] = {1: FitRule(1, "PROGRESSIVE")}
         self.tasks: dict[str, Task] = {}
+        self.enterprises: dict[int, Enterprise] = {}
+        self.users: dict[int, User] = {}
         self._next_rule = 2
         #: bumped whenever a task starts or ends: the monitor ignores what it saw meanwhile
         self.generation = 0
@@ -124,11 +163,37 @@ class Inventory:
             self.machines[i] = Machine(i, h["name"], h["name"], h["address"], int(h["cpus"]),
                                        int(h["ram_mib"]), password=secrets.token_hex(8),
                                        ipmi_ip=f"192.0.2.{i}")
+        self._load_enterprises(lab.data.get("enterprises") or DEFAULT_ENTERPRISES)
         for i, v in enumerate(lab.data["vms"], start=1):
+            ent, user = self._owner_of(v)
             self.vms[i] = VM(i, v["uuid"], v.get("domain") or f"ABQ_{v['uuid']}", v["name"],
                              int(v["cpu"]), int(v["ram_mib"]), list(v["disks"]),
                              v.get("volume"), captured=bool(v.get("captured")),
-                             configured=bool(v.get("configured")))
+                             configured=bool(v.get("configured")), enterprise=ent,
+                             user=user)
+
+    def _load_enterprises(self, described: list[dict[str, Any]]) -> None:
+        """Enterprise ids from 1 in the description's order; user ids from 1 across them
+        (Abiquo's user ids are global)."""
+        for e, ent in enumerate(described, start=1):
+            self.enterprises[e] = Enterprise(e, str(ent["name"]))
+            for u in ent.get("users") or []:
+                uid = len(self.users) + 1
+                self.users[uid] = User(
+                    uid, e, str(u["nick"]), str(u.get("name", u["nick"])),
+                    str(u.get("surname", "")), str(u.get("email", "")),
+                    bool(u.get("active", True)),
+                    ",".join(str(x) for x in u.get("vdcs") or []))
+
+    def _owner_of(self, vm: dict[str, Any]) -> tuple[int, int | None]:
+        """A lab VM's enterprise (by name; the first one when it names none) and user (by
+        nick; the enterprise's first user when it names none)."""
+        name = vm.get("enterprise")
+        ent = next((e.id for e in self.enterprises.values() if e.name == name), 1)
+        users = [u for u in self.users.values() if u.enterprise == ent]
+        nick = vm.get("owner")
+        user = next((u.id for u in users if u.nick == nick), users[0].id if users else None)
+        return ent, user
 
     # -- lookups and computed values ------------------------------------------------------------
 
@@ -182,6 +247,12 @@ class Inventory:
 
     def vm_path(self, vm: VM) -> str:
         return f"{self.vapp_path()}/virtualmachines/{vm.id}"
+
+    def enterprise_path(self, e: Enterprise | int) -> str:
+        return f"admin/enterprises/{e if isinstance(e, int) else e.id}"
+
+    def user_path(self, u: User) -> str:
+        return f"{self.enterprise_path(u.enterprise)}/users/{u.id}"
 
     def task_path(self, task: Task) -> str:
         return f"{self.vm_path(self.vms[task.vm])}/tasks/{task.id}"
@@ -241,9 +312,25 @@ class Inventory:
             "ram": vm.ram, "cpu": vm.cpu, "hdInBytes": vm.hd_bytes, "vdrpPort": 0,
             "vdrpIP": None, "idState": 0, "state": vm.state, "highDisponibility": 0,
             **managed, "password": None, "uuid": vm.uuid, "nodeId": vm.id,
-            "nodeName": vm.node_name, "x": 0, "y": 0, "userName": "admin",
-            "userSurname": "", "enterpriseName": "lab",
+            "nodeName": vm.node_name, "x": 0, "y": 0, **self._owner_fields(vm),
         }
+
+    def _owner_fields(self, vm: VM) -> dict[str, str]:
+        """``virtualmachinewithnodeextended``'s owner fields (2.0: empty for a deleted
+        user)."""
+        user = self.users.get(vm.user) if vm.user is not None else None
+        if user is None:
+            return {"userName": "", "userSurname": "", "enterpriseName": ""}
+        return {"userName": user.name, "userSurname": user.surname,
+                "enterpriseName": self.enterprises[user.enterprise].name}
+
+    def _owner_links(self, vm: VM) -> list[dict[str, str]]:
+        """Links rel ``enterprise`` and ``user`` (2.0 ``buildVirtualMachineAdminLinks``)."""
+        links = [self.link("enterprise", self.enterprise_path(vm.enterprise), "enterprise")]
+        user = self.users.get(vm.user) if vm.user is not None else None
+        if user is not None:
+            links.append(self.link("user", self.user_path(user), "user"))
+        return links
 
     def machine_vm_json(self, vm: VM) -> dict[str, Any]:
         """A VM as a machine's list shows it (the infrastructure view; Abiquo 2.0's
@@ -254,8 +341,7 @@ class Inventory:
         if m is not None:
             links.append(self.link("machine", self.machine_path(m), "machine", m.type))
         links += [self.link("virtualmachine", self.vm_path(vm), "virtualmachine"),
-                  self.link("enterprise", "admin/enterprises/1", "enterprise"),
-                  self.link("user", "admin/enterprises/1/users/1", "user")]
+                  *self._owner_links(vm)]
         return {**self._vm_fields(vm), "links": links}
 
     def vdc_json(self) -> dict[str, Any]:
@@ -282,11 +368,41 @@ class Inventory:
                  self.link("state", f"{p}/state", "virtualmachinestate"),
                  self.link("deploy", f"{p}/action/deploy", "acceptedrequest"),
                  self.link("undeploy", f"{p}/action/undeploy", "acceptedrequest"),
-                 self.link("tasks", f"{p}/tasks", "tasks")]
+                 self.link("tasks", f"{p}/tasks", "tasks"),
+                 # the admin's view (2.0 buildVirtualMachineCloudAdminLinks)
+                 *self._owner_links(vm)]
         if vm.machine is not None and vm.state != "NOT_ALLOCATED":
             m = self.machines[vm.machine]
             links.append(self.link("machine", self.machine_path(m), "machine", m.type))
         return {**self._vm_fields(vm), "links": links}
+
+    def enterprise_json(self, e: Enterprise) -> dict[str, Any]:
+        """2.0's ``EnterpriseDto`` (its limits left at no limit) and
+        ``buildEnterpriseLinks``."""
+        p = self.enterprise_path(e)
+        return {"id": e.id, "name": e.name, "isReservationRestricted": False,
+                "repositorySoft": 0, "repositoryHard": 0, "cpuCountSoftLimit": 0,
+                "cpuCountHardLimit": 0, "ramSoftLimitInMb": 0, "ramHardLimitInMb": 0,
+                "links": [self.link("edit", p, "enterprise"),
+                          self.link("users", f"{p}/users", "users"),
+                          self.link("virtualmachines", f"{p}/action/virtualmachines",
+                                    "virtualmachines")]}
+
+    def user_json(self, u: User) -> dict[str, Any]:
+        """2.0's ``UserDto`` as ``UserResource.createTransferObject`` fills it: the password
+        is sent too (a hash), and ``availableVirtualDatacenters`` is absent when empty."""
+        p = self.user_path(u)
+        return {"id": u.id, "name": u.name, "surname": u.surname, "nick": u.nick,
+                "email": u.email, "locale": u.locale, "active": u.active,
+                "description": "", "authType": "ABIQUO",
+                "password": hashlib.md5(f"lab:{u.nick}".encode()).hexdigest(),
+                "availableVirtualDatacenters": u.vdcs or None,
+                "links": [self.link("enterprise", self.enterprise_path(u.enterprise),
+                                    "enterprise"),
+                          self.link("role", "admin/roles/2", "role"),
+                          self.link("edit", p, "user"),
+                          self.link("virtualmachines", f"{p}/action/virtualmachines",
+                                    "virtualmachines")]}
 
     def task_json(self, task: Task) -> dict[str, Any]:
         return {"taskId": task.id, "ownerId": str(task.vm), "userId": "1", "type": task.type,

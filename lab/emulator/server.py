@@ -77,8 +77,12 @@ class Handler(BaseHTTPRequestHandler):
             if not parts.path.startswith("/api/"):
                 raise ApiError(404, "404-NOT FOUND", "The requested resource does not exist")
             query = parse_qs(parts.query)
-            status, entity, data = self.server.api.handle(method, parts.path[5:].strip("/"),
-                                                          body, query)
+            try:
+                status, entity, data = self.server.api.handle(
+                    method, parts.path[5:].strip("/"), body, query)
+            finally:
+                if method != "GET":  # a change, kept as Abiquo's database keeps it
+                    self.server.emu.persist()
             if isinstance(data, list):
                 data = self._page(parts.path, query, data)
             self._send(status, entity, data, fmt)

@@ -26,10 +26,11 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from loguru import logger
 
-from rehost.lab.emulator import agent
+from rehost.lab.emulator import agent, store
 from rehost.lab.emulator.inventory import DEPLOYED, VM, Inventory, Task
 from rehost.lab.emulator.scheduler import NoMachine, choose_machine
 from rehost.lab.lab import LabState
@@ -51,9 +52,12 @@ class ApiError(Exception):
 
 class Emulator:
     def __init__(self, lab: LabState, base: str = "", monitor_interval: float = 0.5,
-                 workers: int = 4, profile: str | None = None) -> None:
+                 workers: int = 4, profile: str | None = None,
+                 state_file: Path | None = None) -> None:
         self.lab = lab
         self.inv = Inventory(lab, base, profile)
+        #: where the state is kept across a restart (:mod:`.store`); None: in memory only
+        self.state_file = state_file
         self.profile = self.inv.profile
         self.monitor_interval = monitor_interval
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="abq-task")
@@ -62,8 +66,16 @@ class Emulator:
                                          daemon=True)
 
     def start(self) -> None:
+        if self.state_file is not None:
+            store.load(self.inv, self.state_file)
         self.discover()
+        self.persist()
         self._monitor.start()
+
+    def persist(self) -> None:
+        """Write the state to the state file (after each change)."""
+        if self.state_file is not None:
+            store.save(self.inv, self.state_file)
 
     def stop(self) -> None:
         self._stop.set()
@@ -214,6 +226,7 @@ class Emulator:
                     for j in task.jobs:
                         j["state"] = "FAILED"
                         j["description"] = f"{j['type'].lower()}: {exc}"
+                self.persist()
                 return
             with self.inv.lock:
                 if on_ok:
@@ -223,6 +236,7 @@ class Emulator:
                 task.state = "FINISHED_SUCCESSFULLY"
                 for j in task.jobs:
                     j["state"] = "DONE"
+            self.persist()
 
         self._pool.submit(run)
 
@@ -269,6 +283,7 @@ class Emulator:
             watched = [(vm, vm.machine, vm.state) for vm in self.inv.vms.values()
                        if vm.state in DEPLOYED and vm.machine is not None]
         seen: dict[int, dict[str, str] | None] = {}
+        changed = False
         for vm, machine_id, state in watched:
             if machine_id not in seen:
                 host = self.inv.machines[machine_id].host
@@ -299,3 +314,8 @@ class Emulator:
                 elif now != state:
                     logger.info("emulator: monitor: {} is {} (was {})", vm.name, now, state)
                     vm.state = now
+                else:
+                    continue
+                changed = True
+        if changed:
+            self.persist()

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from rehost.abiquo.site import set_machine_rule, source_machines, undo_machine_rule
+from rehost.abiquo.site import client, set_machine_rule, source_machines, undo_machine_rule
+from rehost.abiquo.types import Machine
 from rehost.api import (
     VM,
     AllocationStrategy,
@@ -20,6 +21,7 @@ from rehost.api import (
     Context,
     FenceResult,
     Need,
+    PreconditionError,
     StrategyRecord,
     TargetLoad,
     UnfenceResult,
@@ -58,17 +60,43 @@ class LoadLevelFence(AllocationStrategy):
                                         + (t.memory_mib - t.used_mib) / 512, t.host)).host
 
     def fence(self, ctx: Context) -> FenceResult:
+        machines = source_machines(ctx)
+        for m in machines:
+            self._check_excludes(ctx, m)
         created: list[dict[str, Any]] = []
+
+        def note(intent: dict[str, Any]) -> None:
+            # journaled before each rule changes: a kill mid-fence leaves no rule unrecorded
+            ctx.note_fence(FenceResult(**{"created": [*created, intent]}))
+
         try:
-            for m in source_machines(ctx):
-                created.append(set_machine_rule(ctx, m, cpu=self.cpu, ram=self.ram))
+            for m in machines:
+                created.append(set_machine_rule(ctx, m, cpu=self.cpu, ram=self.ram,
+                                                note=note))
         except Exception:
-            # the fence record is journaled only once the fence returns: put back what was
-            # changed so far rather than leave it unrecorded
+            # a fence that fails puts back what it changed so far (the campaign stops
+            # before any VM moves)
             for rec in reversed(created):
                 undo_machine_rule(ctx, rec)
+            ctx.note_fence(FenceResult(**{"created": []}))
             raise
         return FenceResult(**{"created": created})
+
+    def _check_excludes(self, ctx: Context, m: Machine) -> None:
+        """Refuse, before any rule changes, a rule that would still admit one of the
+        machine's VMs once the machine empties: on a large machine 1% of its CPUs and RAM
+        can be a whole VM, and the deploy would then land on the source again."""
+        cpus, ram = (m.cpu or 0) * self.cpu / 100, (m.ram or 0) * self.ram / 100
+        if cpus < 1:
+            return  # every VM has a CPU at least
+        for v in client(ctx).machine_vms(m):
+            if (v.cpu or 0) <= cpus and (v.ram or 0) <= ram and v.url:
+                raise PreconditionError(
+                    f"a {self.cpu}% CPU / {self.ram}% RAM load-level rule cannot fence "
+                    f"{m.name}: {cpus:g} of its {m.cpu} CPUs and {ram:g} of its {m.ram} MB "
+                    f"still admit {v.nodeName or v.name} ({v.cpu} CPU, {v.ram} MB), so a "
+                    "deploy could land on this source host again; lower "
+                    "allocation.options.cpu / ram in the site config (nothing was changed)")
 
     def unfence(self, ctx: Context, fenced: FenceResult) -> UnfenceResult:
         deleted, restored = [], []

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rehost.abiquo.site import client, rule_record, rules_on, source_machines
+from rehost.abiquo.site import client, made_by, rule_record, rules_on, source_machines
 from rehost.api import (
     VM,
     AllocationStrategy,
@@ -58,28 +58,49 @@ class PerformanceFence(AllocationStrategy):
         deleted = [rule_record(ctx, r) for r in old_rules]
         ram_of = {rec["target"]: rec["ram"] for rec in deleted}
         created: list[dict[str, Any]] = []
+        policy: dict[str, Any] = {}
+        old_policies: list[dict[str, Any]] = []
+
+        def note(*pending: dict[str, Any]) -> None:
+            # journaled before each change: a kill mid-fence leaves nothing unrecorded (a
+            # pending rule's url is None: the unfence finds it by machine and values)
+            ctx.note_fence(FenceResult(**{"deleted_rules": deleted,
+                                          "created_rules": [*created, *pending],
+                                          "deleted_policies": old_policies,
+                                          "created_policy": policy or None}))
+
         try:
+            note()
             # one rule per machine: the old one goes before the new one comes
             for r in old_rules:
                 c.delete_load_level_rule(r)
             for m in machines:
                 ram = ram_of.get(c.absolute(m.url)) or 100
+                rec = {"url": None, "cpu": self.cpu, "ram": ram, "rel": "machine",
+                       "target": c.absolute(m.url), "machine": m.name}
+                note(rec)
                 rule = c.create_load_level_rule(m, cpu=self.cpu, ram=ram)
                 created.append(rule_record(ctx, rule) | {"machine": m.name})
         except Exception:
-            # the fence record is journaled only once the fence returns: put the rules back
+            # a fence that fails puts back what it changed (the campaign stops before any
+            # VM moves)
             self._put_back(ctx, created, deleted)
+            deleted, created = [], []
+            note()
             raise
         policies = [r for r in c.fit_policy_rules() if r.datacenter is None]
         old_policies = [{"url": c.absolute(p.url), "fitPolicy": p.fitPolicy}
                         for p in policies]
+        policy = {"url": None, "fitPolicy": "PERFORMANCE"}
+        note()
         # Abiquo refuses to delete the last load-balance rule: create the new one first
         new = c.create_fit_policy_rule("PERFORMANCE")
+        policy = {"url": c.absolute(new.url), "fitPolicy": "PERFORMANCE"}
+        note()
         for p in policies:
             c.delete_fit_policy_rule(p)
         return FenceResult(**{"deleted_rules": deleted, "created_rules": created,
-                "deleted_policies": old_policies,
-                "created_policy": {"url": c.absolute(new.url), "fitPolicy": "PERFORMANCE"}})
+                "deleted_policies": old_policies, "created_policy": policy})
 
     @staticmethod
     def _put_back(ctx: Context, created: list[dict[str, Any]],
@@ -96,16 +117,18 @@ class PerformanceFence(AllocationStrategy):
                 c.create_load_level_rule(m, cpu=rec["cpu"], ram=rec["ram"])
 
     def unfence(self, ctx: Context, fenced: FenceResult) -> UnfenceResult:
+        """Undo what the record says the fence did, as far as it exists: safe to run again,
+        and on the record of a fence killed half-way."""
         c = client(ctx)
-        rules = {c.absolute(r.url): r for r in c.load_level_rules()}
         removed = []
         for rec in fenced.record("created_rules", []):
-            if rec["url"] in rules:
-                c.delete_load_level_rule(rules[rec["url"]])
-                removed.append(rec)
+            for rule in c.load_level_rules():
+                if made_by(ctx, rule, rec):
+                    c.delete_load_level_rule(rule)
+                    removed.append(rec)
         machines = {c.absolute(m.url): m for m in c.machines()}
-        # one rule per machine: a machine that has one again (an earlier, interrupted unfence)
-        # keeps it
+        # one rule per machine: a machine that has one again (an earlier, interrupted unfence,
+        # or a fence killed before it deleted it) keeps it
         have = {rule_record(ctx, r)["target"] for r in c.load_level_rules()}
         recreated = []
         for rec in fenced.record("deleted_rules", []):
@@ -113,14 +136,28 @@ class PerformanceFence(AllocationStrategy):
             if m is not None and rec["target"] not in have:
                 rule = c.create_load_level_rule(m, cpu=rec["cpu"], ram=rec["ram"])
                 recreated.append(rule_record(ctx, rule))
-        policies = {c.absolute(p.url): p for p in c.fit_policy_rules()}
+        policies = {c.absolute(p.url): p for p in c.fit_policy_rules()
+                    if p.datacenter is None}
+        old = fenced.record("deleted_policies", [])
         restored = []
-        for p in fenced.record("deleted_policies", []):
-            c.create_fit_policy_rule(p["fitPolicy"])
-            restored.append(p["fitPolicy"])
-        created = (fenced.record("created_policy") or {}).get("url")
-        if created in policies:
-            c.delete_fit_policy_rule(policies[created])
+        for p in old:
+            if p["url"] not in policies:  # deleted by the fence: created again
+                c.create_fit_policy_rule(p["fitPolicy"])
+                restored.append(p["fitPolicy"])
+        created = fenced.record("created_policy") or {}
+        if created:
+            policies = {c.absolute(p.url): p for p in c.fit_policy_rules()
+                        if p.datacenter is None}
+            keep = {p["url"] for p in old}
+            for url, p in policies.items():
+                # the fence's own policy; one journaled before its url was known is any
+                # PERFORMANCE policy the site did not have before; the last one stays
+                mine = (url == created.get("url") if created.get("url")
+                        else p.fitPolicy == created.get("fitPolicy") and url not in keep)
+                if mine and len(policies) > 1:
+                    c.delete_fit_policy_rule(p)
+                    del policies[url]
+                    break
         return UnfenceResult(**{"deleted_rules": removed, "recreated_rules": recreated,
                 "restored_policies": restored})
 

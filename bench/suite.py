@@ -1,0 +1,468 @@
+"""Issue 10's numbers side by side, in one run and one lab: ``.venv/bin/python -m bench``.
+
+As root, from the repository root. It brings up a rehearsal lab (``REHOST_LAB_INSTANCE``,
+default 60; two CentOS 5 hosts, one CentOS 6 host, an Abiquo emulator), measures, prints one
+table, and takes the lab down (also when it fails). About 5 to 10 minutes on 2 cores.
+
+- **Disk copies**, source host to target host, warm page cache: one sparse disk (2 GiB
+  virtual, 5 % allocated, raw) and one dense disk (512 MiB of random data), moved by hand with
+  ``scp``, ``rsync -S`` and ``tar --sparse`` piped over ssh, and moved by rehost with each
+  storage strategy the registry offers (``rehost plugins``; ``shared`` needs a shared
+  datastore and is left out). For rehost: ``preserve_disks`` (the source fingerprint),
+  ``transfer`` (the copy and its check on arrival) and ``verify`` (on the target after start)
+  from the journal, their sum "with verification", and the space the disk takes on the target.
+- **Downtime** of a VM, from the journal: the start of ``power_off`` to the end of ``start``.
+  Cold is all there is: pre-copy is not built (its column is filled once a stage or a storage
+  option of that name exists, see :func:`precopy_available`).
+- **Makespan** of a 12-VM campaign at ``--parallel 1`` and at ``--parallel 4``: the ``rehost
+  run`` process, start to exit, and its journal from the first to the last event.
+- **Preflight**: ``rehost run --dry-run`` on every VM of the lab, the first time after the lab
+  came up (libvirtd not yet warm) and again; the journal's preflight stage and the process.
+- **rehost's own time per VM** (``--parallel 1`` campaign): each VM's span in the journal
+  (first stage start to last stage end; at ``--parallel 1`` its stages run in rehost's main
+  thread) minus the time that thread spent waiting on something outside rehost: remote
+  commands and copies, local processes, libvirt calls, the network (Abiquo's API, SMTP),
+  sleeps in polling loops, helper threads. ``bench/shim.py`` records those waits around the
+  library calls. rehost's CPU seconds (its threads, not the commands it ran) are shown beside.
+- **Peak memory**: ``ru_maxrss`` of the rehost process (the shim's ``RUSAGE_SELF`` at exit;
+  ``wait4`` from here agrees), the largest over every rehost run of the bench.
+
+Targets (issue 10) are printed next to each ratio. Not a test: numbers on a shared 2-core
+machine vary from run to run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    Run,
+    downtime,
+    rehost,
+    stage_seconds,
+    stages,
+    union_within,
+    vm_results,
+)
+
+MIB = 2**20
+SPARSE = {"size_mib": 2048, "data_mib": 102}  # 5 % of 2 GiB
+DENSE = {"size_mib": 512, "data_mib": 512}
+CAMPAIGN = 12
+SOURCE, OTHER_SOURCE, TARGET = "c5-a", "c5-b", "c6-a"
+
+#: issue 10's targets
+T_SPARSE = 0.25  # sparse transfer incl. verification <= 0.25 x scp by hand
+T_ALLOC = 1.1  # target allocation <= 1.1 x the source's
+T_DENSE = 1.1  # dense transfer <= 1.1 x scp by hand
+T_PRECOPY = 0.3  # pre-copy downtime <= 0.3 x cold
+T_PARALLEL = 0.6  # 12 VMs at --parallel 4 <= 0.6 x --parallel 1
+T_PREFLIGHT = 3.0  # seconds
+T_OWN = 0.5  # seconds of rehost's own time per VM
+T_MEMORY = 200.0  # MB peak memory
+
+BY_HAND = ("scp", "rsync -S", "tar --sparse")
+
+
+# -- the lab -----------------------------------------------------------------------------------
+
+
+def storage_strategies() -> list[str]:
+    """Every storage strategy the plugins offer, scp and tar first; not ``shared``."""
+    from rehost.core.plugins import build_plugin_manager
+
+    manager = build_plugin_manager()
+    names = [r.name for _, records in manager.hooks.strategy_offers("storage")
+             for r in records]
+    first = [n for n in ("scp", "tar") if n in names]
+    return first + sorted(n for n in names if n not in first and n != "shared")
+
+
+def default_storage() -> str:
+    from dataclasses import fields
+
+    from rehost.core.config import SiteConfig
+
+    for f in fields(SiteConfig):
+        if f.name == "storage" and callable(f.default_factory):
+            return str(f.default_factory().strategy)
+    return "scp"
+
+
+def precopy_available() -> dict[str, Any] | None:
+    """The site config options that turn pre-copy on, once rehost has it (a stage or a
+    storage option named for it); None while it is not built."""
+    from rehost.core.model import VM_STAGES
+
+    if any("precopy" in s.replace("_", "").replace("-", "") for s in VM_STAGES):
+        return {"storage.options": {"precopy": True}}
+    return None
+
+
+def description(strategies: list[str]) -> str:
+    out = ['[lab]', 'name = "bench"', '',
+           '[[hosts]]', f'name = "{SOURCE}"', 'os = "centos-5.11"', 'cpus = 32',
+           'ram_mib = 65536', '',
+           '[[hosts]]', f'name = "{OTHER_SOURCE}"', 'os = "centos-5.11"', 'cpus = 32',
+           'ram_mib = 65536', '',
+           '[[hosts]]', f'name = "{TARGET}"', 'os = "centos-6.4"', 'cpus = 64',
+           'ram_mib = 131072', '']
+
+    def vm(name: str, host: str, size: int, data: int) -> list[str]:
+        return ['[[vms]]', f'name = "{name}"', f'host = "{host}"',
+                f'disks = [{{ size_mib = {size}, format = "raw", data_mib = {data} }}]', '']
+
+    for s in strategies:
+        out += vm(f"sparse-{s}", SOURCE, SPARSE["size_mib"], SPARSE["data_mib"])
+        out += vm(f"dense-{s}", SOURCE, DENSE["size_mib"], DENSE["data_mib"])
+    for par in (1, 4):
+        for i in range(CAMPAIGN):
+            out += vm(f"p{par}-{i + 1:02d}", (SOURCE, OTHER_SOURCE)[i % 2], 64, 4)
+    return "\n".join(out)
+
+
+def site_config(st: Any, name: str, vms: list[str] | None, storage: str,
+                parallel: int = 1) -> tuple[Path, Path]:
+    """A site config of its own (its own journal) for one measurement; returns it and its
+    state directory."""
+    from rehost.lab.siteconfig import render_site_config
+
+    folder = st.root / "bench" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    state = folder / "state"
+    text = render_site_config(st, storage=storage, report_dir=str(folder / "reports"))
+    lines = []
+    for line in text.splitlines():
+        if line.startswith("state_dir = "):
+            line = f'state_dir = "{state}"'
+        elif line.startswith("vms = ") and vms is not None:
+            line = "vms = [" + ", ".join(f'"{v}"' for v in vms) + f"]\nparallel = {parallel}"
+        lines.append(line)
+    path = folder / "site.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path, state
+
+
+def shell(st: Any, host: str) -> Any:
+    from rehost.core.remote import Shell, SshOptions
+
+    return Shell(st.host(host)["address"], ssh=SshOptions(config=st.data["ssh_config"]),
+                 name=host)
+
+
+# -- measurements ------------------------------------------------------------------------------
+
+
+@dataclass
+class Copy:
+    seconds: float | None
+    allocated: int | None = None
+    parts: dict[str, float | None] = field(default_factory=dict)
+    downtime: float | None = None
+    error: str | None = None
+
+
+def by_hand(st: Any, path: str) -> dict[str, Copy]:
+    """The disk at ``path`` on the source host copied to the target host by hand with each
+    tool (run on the source host: the data goes host to host), then removed there."""
+    from rehost.core.remote import quote_argv
+
+    src, tgt = shell(st, SOURCE), shell(st, TARGET)
+    dest = st.host(TARGET)["address"]
+    folder = st.host(TARGET)["datastore"] + "/bench-by-hand"
+    copy = f"{folder}/{os.path.basename(path)}"
+    tgt.run(["mkdir", "-p", folder])
+    src.run(["sh", "-c", 'cat -- "$1" > /dev/null', "warm", path], timeout=600)
+    argvs = {
+        "scp": ["scp", "-p", "-q", "-B", path, f"root@{dest}:{copy}"],
+        "rsync -S": ["rsync", "-S", path, f"root@{dest}:{copy}"],
+        "tar --sparse": ["sh", "-c", 'tar -C "$1" --sparse -cf - "$2" | '
+                         'ssh -o BatchMode=yes -- "$3" "$4"', "bench-tar",
+                         os.path.dirname(path), os.path.basename(path), f"root@{dest}",
+                         quote_argv(["tar", "-C", folder, "--sparse", "-xpf", "-"])],
+    }
+    out: dict[str, Copy] = {}
+    for tool, argv in argvs.items():
+        tgt.run(["rm", "-f", "--", copy])
+        began = time.monotonic()
+        try:
+            src.run(argv, timeout=3600)
+        except Exception as exc:
+            out[tool] = Copy(None, error=str(exc))
+            continue
+        out[tool] = Copy(time.monotonic() - began, tgt.stat(copy).allocated)
+    tgt.run(["rm", "-rf", "--", folder])
+    return out
+
+
+def by_rehost(st: Any, strategy: str) -> tuple[dict[str, Copy], Run]:
+    """The sparse and the dense VM of ``strategy`` moved by rehost in one campaign."""
+    names = [f"sparse-{strategy}", f"dense-{strategy}"]
+    cfg, state = site_config(st, f"move-{strategy}", names, strategy)
+    run = rehost("run", "-c", str(cfg))
+    out: dict[str, Copy] = {}
+    if not state.exists():
+        return {n.split("-")[0]: Copy(None, error=run.tail(5)) for n in names}, run
+    journal = stages(state)
+    found = vm_results(state)
+    tgt = shell(st, TARGET)
+    for label in names:
+        kind = label.split("-")[0]
+        row = found.get(label)
+        if row is None or row["status"] != "done":
+            why = f"{row['status']}" if row else "not in the journal"
+            out[kind] = Copy(None, error=f"{label}: {why}: {run.tail(3)}")
+            continue
+        name = row["name"]
+        parts = {s: stage_seconds(journal, name, s)
+                 for s in ("preserve_disks", "transfer", "verify")}
+        total = sum(v for v in parts.values() if v is not None)
+        path = st.vm(label)["disks"][0]["path"]
+        out[kind] = Copy(total, tgt.stat(path).allocated, parts, downtime(journal, name))
+    return out, run
+
+
+@dataclass
+class Campaign:
+    run: Run
+    span: float | None
+    own: list[float]
+    waits: dict[str, float]
+    vms: int
+
+
+def campaign(st: Any, parallel: int, storage: str) -> Campaign:
+    names = [f"p{parallel}-{i + 1:02d}" for i in range(CAMPAIGN)]
+    cfg, state = site_config(st, f"campaign-p{parallel}", names, storage, parallel)
+    run = rehost("run", "-c", str(cfg))
+    if not state.exists():
+        return Campaign(run, None, [], {}, 0)
+    journal = stages(state)
+    ends = [s.end for s in journal if s.end is not None]
+    span = (max(ends) - min(s.start for s in journal)) if ends else None
+    own, waits = own_time(run, journal) if parallel == 1 else ([], {})
+    done = sum(1 for r in vm_results(state).values() if r["status"] == "done")
+    return Campaign(run, span, own, waits, done)
+
+
+def own_time(run: Run, journal: list[Any]) -> tuple[list[float], dict[str, float]]:
+    """Per VM: its span in the journal minus the main thread's waits in it (at --parallel 1
+    every stage of a VM runs in the main thread); and the waits by kind, summed."""
+    main = run.trace.get("main")
+    waits = [(a, b, kind) for tid, a, b, kind in run.trace.get("waits", []) if tid == main]
+    by_kind: dict[str, float] = {}
+    own: list[float] = []
+    for vm in sorted({s.vm for s in journal if s.vm}):
+        mine = [s for s in journal if s.vm == vm and s.end is not None]
+        if not mine:
+            continue
+        lo, hi = min(s.start for s in mine), max(s.end or s.start for s in mine)
+        waited = union_within([(a, b) for a, b, _ in waits], lo, hi)
+        own.append((hi - lo) - waited)
+        for kind in {k for _, _, k in waits}:
+            by_kind[kind] = by_kind.get(kind, 0.0) + union_within(
+                [(a, b) for a, b, k in waits if k == kind], lo, hi)
+    return own, by_kind
+
+
+@dataclass
+class Preflight:
+    run: Run
+    stage: float | None
+
+
+def preflight(st: Any, storage: str, name: str) -> Preflight:
+    cfg, state = site_config(st, name, None, storage)
+    run = rehost("-v", "run", "--dry-run", "-c", str(cfg))
+    seconds = stage_seconds(stages(state), None, "preflight") if state.exists() else None
+    return Preflight(run, seconds)
+
+
+# -- the table ---------------------------------------------------------------------------------
+
+
+def _s(value: float | None, digits: int = 1) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def _mib(value: int | None) -> str:
+    return "—" if value is None else f"{value / MIB:.0f}"
+
+
+def _ratio(value: float | None, base: float | None, target: float, unit: str = "x") -> str:
+    if value is None or not base:
+        return f"—        (target ≤ {target:g}{unit})"
+    r = value / base
+    return f"{r:5.2f}{unit}   (target ≤ {target:g}{unit}) {'ok' if r <= target else 'MISSED'}"
+
+
+def _against(value: float | None, target: float, unit: str) -> str:
+    if value is None:
+        return f"—  (target ≤ {target:g} {unit})"
+    return (f"{value:.2f} {unit}  (target ≤ {target:g} {unit}) "
+            f"{'ok' if value <= target else 'MISSED'}")
+
+
+def report(out: dict[str, Any]) -> str:
+    lines: list[str] = []
+    add = lines.append
+    add(f"rehost bench — {out['when']}, {out['cpus']} CPUs, lab instance {out['instance']}, "
+        f"{out['minutes']:.1f} min; load average {out['load'][0]} at start, "
+        f"{out['load'][1]} at end (other work on the machine slows every number)")
+    add("")
+    add(f"Disk copies {SOURCE} -> {TARGET}, warm cache. Sparse: raw, 2 GiB virtual, "
+        f"{out['sparse_source'] / MIB:.0f} MiB allocated; dense: raw, 512 MiB of random data.")
+    add(f"{'':32} {'sparse s':>9} {'on target MiB':>14}   {'dense s':>8} {'on target MiB':>14}"
+        f"   {'downtime s (sparse/dense)':>26}")
+    hand, moved = out["by_hand"], out["by_rehost"]
+    for tool in BY_HAND:
+        sp, de = hand["sparse"].get(tool), hand["dense"].get(tool)
+        add(f"{'by hand: ' + tool:32} {_s(sp.seconds if sp else None):>9} "
+            f"{_mib(sp.allocated if sp else None):>14}   {_s(de.seconds if de else None):>8} "
+            f"{_mib(de.allocated if de else None):>14}")
+    for strategy, kinds in moved.items():
+        sp, de = kinds.get("sparse"), kinds.get("dense")
+        add(f"{'rehost ' + strategy + ' (with verification)':32} "
+            f"{_s(sp.seconds if sp else None):>9} {_mib(sp.allocated if sp else None):>14}   "
+            f"{_s(de.seconds if de else None):>8} {_mib(de.allocated if de else None):>14}   "
+            f"{_s(sp.downtime if sp else None):>13}/{_s(de.downtime if de else None)}")
+        for kind, c in (("sparse", sp), ("dense", de)):
+            if c is not None and c.parts:
+                add(f"{'':34}{kind}: " + ", ".join(f"{k} {_s(v)} s" for k, v in c.parts.items()))
+            if c is not None and c.error:
+                add(f"{'':34}{kind}: FAILED: {c.error.splitlines()[-1] if c.error else ''}")
+    add("")
+    scp_sparse = hand["sparse"].get("scp")
+    scp_dense = hand["dense"].get("scp")
+    for strategy, kinds in moved.items():
+        sp, de = kinds.get("sparse"), kinds.get("dense")
+        by_scp = scp_sparse.seconds if scp_sparse else None
+        ratio = _ratio(sp.seconds if sp else None, by_scp, T_SPARSE)
+        add(f"{strategy:>10}: sparse with verification / scp by hand  {ratio}")
+        ratio = _ratio(sp.allocated if sp else None, out["sparse_source"], T_ALLOC)
+        add(f"{'':>10}  sparse on target / on source           {ratio}")
+        by_scp = scp_dense.seconds if scp_dense else None
+        ratio = _ratio(de.seconds if de else None, by_scp, T_DENSE)
+        add(f"{'':>10}  dense with verification / scp by hand   {ratio}")
+        ratio = _ratio(de.parts.get("transfer") if de else None, by_scp, T_DENSE)
+        add(f"{'':>10}  (dense, transfer stage only / scp by hand {ratio})")
+    add("")
+    cold = out["downtime_cold"]
+    add(f"Downtime of the sparse VM ({out['default']}, the default strategy), power_off start "
+        "to start end:")
+    add(f"  cold {_s(cold)} s   pre-copy {out['downtime_precopy']}   "
+        f"pre-copy / cold {_ratio(out.get('downtime_precopy_s'), cold, T_PRECOPY)}")
+    add("")
+    p1, p4 = out["p1"], out["p4"]
+    add(f"Campaign of {CAMPAIGN} VMs (64 MiB disks, {out['default']}), makespan:")
+    for c, par in ((p1, 1), (p4, 4)):
+        add(f"  --parallel {par}: process {c.run.seconds:.1f} s, journal {_s(c.span)} s, "
+            f"{c.vms}/{CAMPAIGN} done" + ("" if c.run.ok else f", exit {c.run.returncode}"))
+    ratio = _ratio(p4.run.seconds, p1.run.seconds, T_PARALLEL)
+    add(f"  parallel 4 / parallel 1 (process)  {ratio}")
+    add(f"  parallel 4 / parallel 1 (journal)  {_ratio(p4.span, p1.span, T_PARALLEL)}")
+    add("")
+    add(f"Preflight, rehost run --dry-run of all {out['vms']} VMs on 3 hosts (journal's stage; "
+        "whole process):")
+    for label, pf in (("first after lab up", out["preflight_cold"]),
+                      ("again", out["preflight_warm"])):
+        add(f"  {label:<19} {_against(pf.stage, T_PREFLIGHT, 's')};  process "
+            f"{pf.run.seconds:.2f} s")
+    for line in out["preflight_warm"].run.stderr.splitlines():
+        if "preflight" in line and ("checks in" in line or "preflight in" in line):
+            add(f"    {line.strip()}")
+    add("")
+    own = p1.own
+    mean = sum(own) / len(own) if own else None
+    add("rehost's own time per VM (--parallel 1 campaign; journal span minus waits):")
+    add(f"  mean {_against(mean, T_OWN, 's')};  max {_s(max(own) if own else None, 2)} s")
+    if p1.waits:
+        add("  waits in the VMs' spans: " + ", ".join(
+            f"{k} {v:.1f} s" for k, v in sorted(p1.waits.items(), key=lambda kv: -kv[1])))
+    add(f"  rehost's CPU (its threads, whole process): {p1.run.cpu_seconds:.1f} s at "
+        f"--parallel 1 = {p1.run.cpu_seconds / CAMPAIGN:.2f} s a VM; "
+        f"{p4.run.cpu_seconds:.1f} s at --parallel 4")
+    add("")
+    runs: list[Run] = out["runs"]
+    peak = max(runs, key=lambda r: r.maxrss_mib)
+    add(f"Peak memory of rehost (ru_maxrss), largest of {len(runs)} runs: "
+        f"{_against(peak.maxrss_mib * MIB / 1e6, T_MEMORY, 'MB')} "
+        f"({' '.join(peak.argv[:2])}; wait4: {peak.maxrss_kib_wait4 / 1024:.0f} MiB)")
+    return "\n".join(lines)
+
+
+def _load() -> str:
+    try:
+        return Path("/proc/loadavg").read_text().split()[0]
+    except OSError:
+        return "?"
+
+
+def main() -> None:
+    from loguru import logger
+
+    from rehost.lab import lab
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
+    ap.add_argument("--keep-lab", action="store_true", help="leave the lab up at the end")
+    ap.add_argument("--strategies", help="comma-separated storage strategies (default: all)")
+    args = ap.parse_args()
+    logger.remove()
+    began = time.monotonic()
+    strategies = args.strategies.split(",") if args.strategies else storage_strategies()
+    default = default_storage()
+    if default not in strategies:
+        strategies.append(default)
+    out: dict[str, Any] = {"when": time.strftime("%Y-%m-%d %H:%M"), "cpus": os.cpu_count(),
+                           "load": [_load(), ""],
+                           "instance": os.environ["REHOST_LAB_INSTANCE"],
+                           "default": default, "runs": []}
+    desc_dir = Path("/tmp") / f"rehost-bench-{os.getpid()}"
+    desc_dir.mkdir(exist_ok=True)
+    desc = desc_dir / "lab.toml"
+    desc.write_text(description(strategies))
+    print(f"bench: bringing the lab up ({platform.node()}, strategies: "
+          f"{', '.join(strategies)}) ...", flush=True)
+    st = lab.up(desc)
+    try:
+        out["vms"] = len(st.data["vms"])
+        print("bench: preflight ...", flush=True)
+        out["preflight_cold"] = preflight(st, default, "preflight-cold")
+        out["preflight_warm"] = preflight(st, default, "preflight-warm")
+        out["runs"] += [out["preflight_cold"].run, out["preflight_warm"].run]
+        sparse_path = st.vm(f"sparse-{strategies[0]}")["disks"][0]["path"]
+        dense_path = st.vm(f"dense-{strategies[0]}")["disks"][0]["path"]
+        out["sparse_source"] = shell(st, SOURCE).stat(sparse_path).allocated
+        print("bench: copies by hand ...", flush=True)
+        out["by_hand"] = {"sparse": by_hand(st, sparse_path), "dense": by_hand(st, dense_path)}
+        out["by_rehost"] = {}
+        for s in strategies:
+            print(f"bench: rehost, storage strategy {s} ...", flush=True)
+            out["by_rehost"][s], run = by_rehost(st, s)
+            out["runs"].append(run)
+        sparse = out["by_rehost"].get(default, {}).get("sparse")
+        out["downtime_cold"] = sparse.downtime if sparse else None
+        options = precopy_available()
+        out["downtime_precopy"] = "n/a (not built)" if options is None else "see below"
+        out["downtime_precopy_s"] = None
+        for par in (1, 4):
+            print(f"bench: campaign of {CAMPAIGN} VMs at --parallel {par} ...", flush=True)
+            out[f"p{par}"] = campaign(st, par, default)
+            out["runs"].append(out[f"p{par}"].run)
+    finally:
+        if not args.keep_lab:
+            lab.down(quiet=True)
+    out["minutes"] = (time.monotonic() - began) / 60
+    out["load"][1] = _load()
+    print()
+    print(report(out))
+
+
+if __name__ == "__main__":
+    main()
