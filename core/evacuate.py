@@ -331,3 +331,14 @@ def evacuate(ctx: Campaign) -> tuple[dict[str, str], str | None]:
             st["emptied"].append(wave.host)
         _save(ctx, st)
         ctx.log.info("wave {} done: {} is empty", wave.number, wave.host)
+        _report(ctx)  # the report shows the wave done (its run wrote it while it ran)
+
+
+def _report(ctx: Campaign) -> None:
+    from rehost.core.pipeline import configured, write_report
+
+    try:
+        with configured(ctx):
+            write_report(ctx)
+    except Exception as exc:  # the report is news, not a step of the evacuation
+        ctx.log.error("the report could not be written: {}", exc)

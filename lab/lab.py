@@ -181,7 +181,7 @@ def domain_xml(name: str, uuid: str, ram_mib: int, cpu: int, disks: list[dict[st
         )
     return (
         "<domain type='qemu'>\n"
-        f"  <name>{name}</name>\n"
+        f"  <name>{escape(name)}</name>\n"
         f"  <uuid>{uuid}</uuid>\n"
         f"  <memory unit='MiB'>{ram_mib}</memory>\n"
         f"  <vcpu>{cpu}</vcpu>\n"

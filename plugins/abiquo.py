@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from rehost.abiquo.compat import check_compatibility
+from rehost.abiquo.compat import check_compatibility, target_release, upgrade_source
 from rehost.abiquo.settings import SETTINGS
 from rehost.abiquo.site import (
     client,
@@ -120,6 +120,10 @@ class AbiquoControl(ControlPlane):
                 ctx.forget_host(name)
                 continue
             probe.role = "source" if major == 5 else "target"
+            if major == 6 and settings(ctx).version == "2.6":
+                facts = ctx.facts(name)
+                if upgrade_source("2.6", facts):
+                    probe.role = "source"  # the 2.6 path: 6.3 hosts are emptied into 6.4
             found.append(probe)
         return found
 
@@ -174,13 +178,26 @@ class AbiquoControl(ControlPlane):
                 continue  # the core's reachability check reports it
         sources = [h for h in ctx.config.sources() if h.name in facts]
         targets = [h for h in ctx.config.targets() if h.name in facts]
+        upgrading = [h for h in sources if upgrade_source(a.version, facts[h.name])]
         for h in sources:
-            if facts[h.name].centos_major != 5:
+            if h in upgrading:
+                # the 2.6 path: 6.3 hosts are emptied into 6.4 ones (one power-off, not two)
+                findings.append(Finding(
+                    "info", "source-6.3", f"{facts[h.name].os_release}: Abiquo 2.6 wants "
+                    "6.4; its VMs move to the 6.4 hosts now", host=h.name))
+                for vm in [v for v in ctx.vms if v.source_host == h.name]:
+                    findings.append(Finding(
+                        "info", "extra-power-off", f"powered off to move from CentOS 6.3 to "
+                        f"6.4 (Abiquo 2.6): the power-off the 6.4 upgrade of {h.name} would "
+                        "have cost it", vm=vm.label or vm.name, host=h.name))
+            elif facts[h.name].centos_major != 5:
                 findings.append(Finding("warning", "source-os",
                                         f"source host runs {facts[h.name].os_release}, not "
                                         "CentOS 5", host=h.name))
-        if not any(facts[h.name].centos_major == 5 for h in sources):
-            findings.append(Finding("critical", "no-source", "no source host runs CentOS 5"))
+        if not any(facts[h.name].centos_major == 5 for h in sources) and not upgrading:
+            findings.append(Finding("critical", "no-source", "no source host runs CentOS 5"
+                                    + (" (or CentOS 6.3, with Abiquo 2.6)"
+                                       if a.version == "2.6" else "")))
         good = [h for h in targets if facts[h.name].centos_major == 6]
         if not good:
             findings.append(Finding("critical", "no-target", "no target host runs CentOS 6"))
@@ -356,6 +373,9 @@ class AbiquoControl(ControlPlane):
     def rejoined(self, ctx: Context, host: str) -> None:
         """Abiquo checks the reinstalled machine (its ``checkstate`` action): it must be
         ``MANAGED`` before VMs are deployed there."""
+        why = target_release(settings(ctx).version, ctx.facts(host))
+        if why is not None:
+            raise PreconditionError(f"{host} cannot rejoin as a target: {why}")
         m = self._machine(ctx, host)
         state = client(ctx).check_machine_state(m)
         if state != "MANAGED":

@@ -3,10 +3,13 @@ hostile names (read back by the lab's own loader)."""
 
 from __future__ import annotations
 
+import json
 import tomllib
 from fractions import Fraction
+from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -143,3 +146,44 @@ def test_a_duplicate_uuid_is_written_once() -> None:
     desc = parse_description(text)
     assert desc.vms[0].uuid == site.vms[0].uuid and desc.vms[1].uuid != desc.vms[0].uuid
     assert any("not kept" in n for n in notes)
+
+
+def test_the_command_writes_the_file_and_says_what_it_left_out(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rehost.core.cli import main
+    from rehost.lab import mirror as mirror_mod
+
+    site = _site(["web01", 'db "01"'])
+    seen: list[str] = []
+
+    def fake_read_site(path: str) -> Site:
+        seen.append(path)
+        return site
+
+    monkeypatch.setattr(mirror_mod, "read_site", fake_read_site)
+    out = tmp_path / "lab.toml"
+    runner = CliRunner()
+    res = runner.invoke(main, ["lab", "mirror", "-c", "site.toml", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    assert seen == ["site.toml"]
+    assert "2 host(s), 2 VM(s)" in res.output and "does not move" in res.output
+    desc = parse_description(out.read_text(encoding="utf-8"))
+    assert [v.name for v in desc.vms] == ["web01", 'db "01"']
+    assert [d.size_mib for d in desc.vms[0].disks] == [160, 320]
+
+    res = runner.invoke(main, ["lab", "mirror", "-c", "site.toml", "-o", str(out), "--json",
+                               "--scale", "1/1024", "--memory-scale", "1/2"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.output)
+    assert (summary["hosts"], summary["vms"]) == (2, 2)
+    assert summary["disk_mib"] == 2 * (16 + 20)  # 10 and 20 GiB at 1/1024; floor 16 MiB
+    assert summary["ram_mib"] == 2048  # the running VM's 4096 MiB, halved
+    desc = parse_description(out.read_text(encoding="utf-8"))
+    assert [d.size_mib for d in desc.vms[0].disks] == [16, 20]
+
+    res = runner.invoke(main, ["lab", "mirror", "-c", "site.toml", "-o", "-"])
+    assert res.exit_code == 0, res.output
+    assert res.stdout.startswith("# A rehearsal lab") and "[[vms]]" in res.stdout
+    for bad in (["--scale", "2"], ["--memory-scale", "0"], ["-o", "-", "--json"]):
+        res = runner.invoke(main, ["lab", "mirror", "-c", "site.toml", "-o", str(out), *bad])
+        assert res.exit_code == 2, res.output

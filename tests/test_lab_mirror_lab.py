@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -114,7 +115,8 @@ def evacuation(config: str, env: dict[str, str] | None = None) -> list[tuple[str
             for w in json.loads(res.stdout)["waves"]]
 
 
-def test_mirror_writes_a_lab_shaped_like_the_site_and_it_comes_up(make_lab, tmp_path) -> None:
+def test_mirror_writes_a_lab_shaped_like_the_site_and_it_comes_up(
+        make_lab: Callable[[str], LabState], tmp_path: Path) -> None:
     st = make_lab(SITE)
     out = tmp_path / "mirror.toml"
     os.sync()  # the disks' blocks as the file system keeps them (not only in the page cache)

@@ -44,6 +44,20 @@ def test_compatibility_table(abiquo_version: str, centos: str, critical: bool) -
     assert any(f.code == "aim-version" and f.severity == "info" for f in found)
 
 
+def test_the_26_path_63_hosts_are_sources_emptied_into_64_ones() -> None:
+    from rehost.abiquo.compat import target_release, upgrade_source
+
+    assert upgrade_source("2.6", facts("6.3")) and not upgrade_source("2.4", facts("6.3"))
+    assert not upgrade_source("2.6", facts("6.4")) and not upgrade_source("2.6", facts("5.11"))
+    # a 6.3 target of 2.6 is allowed, with a warning: its VMs would be powered off again
+    found = check_compatibility("2.6", facts("6.3"), "2.1.4")
+    assert [(f.severity, f.code) for f in found] == [("warning", "upgrade-6.4")]
+    # an emptied host rejoins only with a release the version wants of its new hosts
+    assert target_release("2.6", facts("6.4")) is None
+    assert "wants CentOS 6.4.x" in (target_release("2.6", facts("6.3")) or "")
+    assert target_release("2.4", facts("6.3")) is None
+
+
 def test_aim_version_must_match_the_abiquo_version() -> None:
     assert not [f for f in check_compatibility("2.6", facts("6.4"), "2.1.4")
                 if f.severity == "critical"]
@@ -170,3 +184,53 @@ def test_a_vm_locked_by_our_own_interrupted_run_is_awaited(fake: Any, tmp_path: 
     ctx.journal.close()
     assert not [f for f in found if f.code in ("vm-state", "abiquo-vm")]
     assert [s.path for s in fake.seen].count("/api/cloud/vm/7") == 3
+
+
+LAB_26_PATH = """
+[lab]
+name = "path26"
+abiquo = "2.6"
+
+[[hosts]]
+name = "c63"
+os = "centos-6.3"
+
+[[hosts]]
+name = "c64"
+os = "centos-6.4"
+
+[[vms]]
+name = "on-63"
+host = "c63"
+disks = [{ size_mib = 16, format = "raw", data_mib = 1 }]
+"""
+
+
+@pytest.mark.lab
+@pytest.mark.slow
+def test_the_26_path_moves_the_vms_of_a_63_host_to_a_64_one(make_lab) -> None:
+    st = make_lab(LAB_26_PATH)
+    # the site says the 6.3 host is a source: Abiquo 2.6 wants 6.4
+    cfg = st.site_config.read_text()
+    head = cfg.index('[hosts."c63"]')
+    end = cfg.index("\n\n", head)
+    st.site_config.write_text(cfg[:head] + cfg[head:end].replace('role = "target"',
+                                                                  'role = "source"')
+                              + cfg[end:])
+    plan = rehost("plan", "--json", "-c", str(st.site_config))
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    findings = json.loads(plan.stdout)["findings"]
+    extra = [f for f in findings if f["code"] == "extra-power-off"]
+    assert [f["vm"] for f in extra] == ["on-63"]
+    assert "6.4 upgrade of c63" in extra[0]["message"]
+    assert not [f for f in findings if f["severity"] == "critical"]
+    done = rehost("run", "-c", str(st.site_config))
+    assert done.returncode == 0, done.stdout + done.stderr
+    vm = st.vm("on-63")
+    disk = vm["disks"][0]
+    from tests.campaign_helpers import shell
+
+    assert shell(st, "c64").checksum(disk["path"], "sha1") == disk["sha1"]
+    with abiquo(st) as client:
+        avm = client.find_vm(uuid=vm["uuid"])
+        assert client.vm_machine(avm).ip == st.host("c64")["address"]
