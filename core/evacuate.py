@@ -306,6 +306,7 @@ def evacuate(ctx: Campaign) -> tuple[dict[str, str], str | None]:
                 vms = select_vms(ctx)
                 waves = make_evacuation_plan(ctx, vms, first=len(st["waves"]) + 1)
             if not waves:
+                _report(ctx)  # every host emptied and rejoined: the report says so
                 return outcome, None
             wave = waves[0]
             st["current"] = wave.to_dict()

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -200,3 +202,89 @@ def test_the_target_host_reboots_between_stages_and_resume_finishes(make_lab) ->
         assert where_is(st, name) == {"new-a": "running"}
         for disk in st.vm(name)["disks"]:
             assert shell(st, "new-a").checksum(disk["path"], "sha1") == disk["sha1"]
+
+
+def run_with_fault(st: LabState, vm: str, stage: str, event: str, fault: Any,
+                   *extra: str) -> subprocess.CompletedProcess[str]:
+    """Run the campaign one VM at a time; when ``vm``'s ``stage`` is journaled ``event``,
+    freeze rehost, inject the fault in the lab, let rehost go on, and wait for its end."""
+    from tests.crash_matrix import _seen
+
+    journal = st.root / "state" / "journal.sqlite"
+    proc = subprocess.Popen([sys.executable, "-m", "rehost.core.cli", "run", "-c",
+                             str(st.site_config), "--parallel", "1", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not _seen(journal, vm, stage, (event,)):
+            assert proc.poll() is None, f"rehost ended before {vm} {stage}"
+            assert time.monotonic() < deadline, f"{vm} never reached {stage}"
+            time.sleep(0.02)  # polling the journal for the moment to strike
+        os.killpg(proc.pid, signal.SIGSTOP)
+        try:
+            fault()
+        finally:
+            os.killpg(proc.pid, signal.SIGCONT)
+        out, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def test_a_vm_that_will_not_start_on_its_target_goes_back_on_its_own_disks(make_lab) -> None:
+    """No plugin pretends here: the new domain is given a disk that is not on the target,
+    so libvirt refuses to start it; campaign.auto_rollback puts it back."""
+    from tests.campaign_helpers import add_to_site_config
+
+    st = make_lab(THREE_VMS)
+    add_to_site_config(st, "[campaign]\nauto_rollback = true")
+
+    def break_its_emulator() -> None:
+        xml = virsh(st, "new-a", "dumpxml", "--inactive", "vm1")
+        broken = re.sub(r"</devices>", "<disk type='file' device='disk'><source "
+                        "file='/var/lib/virt/no-such-disk.img'/><target dev='vdz' "
+                        "bus='virtio'/></disk></devices>", xml)
+        path = "/tmp/vm1-broken.xml"  # in the target's own /tmp
+        shell(st, "new-a").run(["sh", "-c", 'cat > "$1"', "sh", path], input=broken)
+        virsh(st, "new-a", "define", path)
+
+    done = run_with_fault(st, "vm1", "swap_disks", "finish", break_its_emulator)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "ROLLED BACK: vm1" in done.stdout
+    # back where it was, running on its own disks; the others moved
+    assert where_is(st, "vm1") == {"old-a": "running"}
+    disk = st.vm("vm1")["disks"][0]
+    assert shell(st, "old-a").checksum(disk["path"], "sha1") == disk["sha1"]
+    assert not shell(st, "new-a").exists(disk["path"])
+    for name in ("big", "vm2"):
+        assert where_is(st, name) == {"new-a": "running"}
+        for d in st.vm(name)["disks"]:
+            assert shell(st, "new-a").checksum(d["path"], "sha1") == d["sha1"]
+
+
+def test_a_disk_missing_on_the_source_stops_that_vm_before_it_goes_down(make_lab) -> None:
+    st = make_lab(THREE_VMS)
+    disk = st.vm("vm1")["disks"][0]
+    moved = disk["path"] + ".elsewhere"
+
+    def move_its_disk() -> None:  # after the preflight, before vm1's disks are looked at
+        shell(st, "old-a").run(["mv", disk["path"], moved])
+
+    done = run_with_fault(st, "vm1", "locate", "start", move_its_disk)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"vm1: its disk {disk['path']} is not on old-a: nothing was changed" in done.stderr
+    status = json.loads(rehost("status", "-c", str(st.site_config), "--json").stdout)
+    rows = {r["label"]: r for r in status["vms"]}
+    assert (rows["vm1"]["status"], rows["vm1"]["stage"]) == ("failed", "backup_xml")
+    assert where_is(st, "vm1") == {"old-a": "running"}  # never powered off
+    # the operator puts the disk back; resume moves it with its bytes
+    shell(st, "old-a").run(["mv", moved, disk["path"]])
+    res = rehost("resume", "-c", str(st.site_config))
+    assert res.returncode == 0, res.stdout + res.stderr
+    for name in ("big", "vm1", "vm2"):
+        assert where_is(st, name) == {"new-a": "running"}
+        for d in st.vm(name)["disks"]:
+            assert shell(st, "new-a").checksum(d["path"], "sha1") == d["sha1"]
