@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -18,6 +19,8 @@ def pytest_configure(config: pytest.Config) -> None:
     REHOST_LAB_INSTANCE + 10 N (and + 100 for ``make_lab``), so the labs of several workers
     never share addresses, namespaces or folders."""
     worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not worker:  # the one process that starts the workers (or the only one)
+        os.environ.setdefault("REHOST_TEST_CANARY", uuid.uuid4().hex[:8])
     if worker.startswith("gw"):
         base = int(os.environ.get("REHOST_LAB_INSTANCE", "0") or "0")
         os.environ["REHOST_LAB_INSTANCE"] = str(base + 10 * int(worker[2:]))

@@ -23,7 +23,9 @@ import pytest
 from rehost.core.errors import RemoteError
 from rehost.core.remote import Shell, SshOptions, quote_argv
 
-CANARY = f"pwned-{uuid.uuid4().hex[:8]}"
+# one random canary for the whole run: pytest-xdist's workers must collect the same test ids
+# (tests/conftest.py draws it once, before the workers start)
+CANARY = f"pwned-{os.environ.get('REHOST_TEST_CANARY') or uuid.uuid4().hex[:8]}"
 
 #: Names a VM, a disk or an operator's typo could give a file (one path component each).
 HOSTILE_NAMES = [
