@@ -82,7 +82,7 @@ case "${1:-}" in
     # them in this process
     workers="${REHOST_TEST_WORKERS:-3}"
     if [ "$workers" = 0 ]; then exec "$VENV/bin/pytest" "$@"; fi
-    exec "$VENV/bin/pytest" -n "$workers" --dist loadfile --durations=15 "$@"
+    exec "$VENV/bin/pytest" -n "$workers" --dist load --durations=15 "$@"
     ;;
   lint) lint ;;
   *) sed -n '2,8p' "$0"; exit 2 ;;

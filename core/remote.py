@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import posixpath
 import queue
+import re
 import secrets
 import shlex
 import signal
@@ -121,6 +122,10 @@ class _Masters:
         proc: subprocess.Popen[bytes] = box[0]
         return proc
 
+
+#: what ssh prints when its ControlPath has a socket nobody listens on (it then connects on
+#: its own)
+_STALE_MASTER = re.compile(r"^Control socket connect\([^\n]*\): [^\n]*\n", re.M)
 
 _masters: _Masters | None = None
 _masters_lock = threading.Lock()
@@ -247,11 +252,16 @@ class Shell:
             )
         except sh.CommandNotFound as exc:
             raise RemoteError(self.name, argv, f"cannot run {bounded[0]!r}: not found") from exc
+        stderr = _text(proc.stderr)
+        if not self.is_local:
+            # ssh's own word that the shared connection is gone and it connected directly
+            # (a master that died): not the command's output, and not a failure
+            stderr = _STALE_MASTER.sub("", stderr)
         result = CommandResult(
             tuple(argv),
             int(proc.exit_code),
             _text(proc.stdout),
-            _text(proc.stderr),
+            stderr,
         )
         # `timeout` says 124 (or 137 after KILL); a command that exits 124 by itself, early,
         # is not a timeout
