@@ -204,28 +204,54 @@ def test_the_target_host_reboots_between_stages_and_resume_finishes(make_lab) ->
             assert shell(st, "new-a").checksum(disk["path"], "sha1") == disk["sha1"]
 
 
+BARRIER = Path(__file__).parent / "data" / "faults" / "barrier_plugin.py"
+
+
+def release(fifo: Path, proc: subprocess.Popen[str]) -> None:
+    """Open the barrier's FIFO for writing (which lets the held VM go on), unless rehost is
+    gone: a non-blocking open fails until the plugin has opened its end."""
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:  # ENXIO: the plugin has touched its marker but not opened yet
+            time.sleep(0.01)
+            continue
+        os.write(fd, b"go\n")
+        os.close(fd)
+        return
+
+
 def run_with_fault(st: LabState, vm: str, stage: str, event: str, fault: Any,
                    *extra: str) -> subprocess.CompletedProcess[str]:
-    """Run the campaign one VM at a time; when ``vm``'s ``stage`` is journaled ``event``,
-    freeze rehost, inject the fault in the lab, let rehost go on, and wait for its end."""
-    from tests.crash_matrix import _seen
+    """Run the campaign one VM at a time; when ``vm``'s ``stage`` reaches ``event``, a test
+    plugin holds that VM there (in the process, before anything else happens to it) while the
+    fault is injected in the lab; then rehost goes on and the test waits for its end."""
+    from tests.campaign_helpers import add_to_site_config
 
-    journal = st.root / "state" / "journal.sqlite"
+    add_to_site_config(st, f'[plugins]\nfiles = ["{BARRIER}"]')
+    gate = st.root / "barrier"
+    gate.mkdir(exist_ok=True)
+    (gate / "reached").unlink(missing_ok=True)
+    if not (gate / "go").exists():
+        os.mkfifo(gate / "go")
+    env = {**os.environ, "REHOST_TEST_BARRIER": f"{vm}:{stage}:{event}:{gate}"}
     proc = subprocess.Popen([sys.executable, "-m", "rehost.core.cli", "run", "-c",
                              str(st.site_config), "--parallel", "1", *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            env=env, start_new_session=True)
     try:
         deadline = time.monotonic() + 300
-        while not _seen(journal, vm, stage, (event,)):
-            assert proc.poll() is None, f"rehost ended before {vm} {stage}"
-            assert time.monotonic() < deadline, f"{vm} never reached {stage}"
-            time.sleep(0.02)  # polling the journal for the moment to strike
-        os.killpg(proc.pid, signal.SIGSTOP)
+        while not (gate / "reached").exists():
+            if proc.poll() is not None:
+                out, err = proc.communicate()
+                raise AssertionError(f"rehost ended before {vm} {stage} {event}:\n{out}{err}")
+            assert time.monotonic() < deadline, f"{vm} never reached {stage} {event}"
+            time.sleep(0.02)  # waiting for the plugin's marker; the plugin itself holds the VM
         try:
             fault()
         finally:
-            os.killpg(proc.pid, signal.SIGCONT)
+            release(gate / "go", proc)
         out, err = proc.communicate(timeout=600)
     finally:
         if proc.poll() is None:
