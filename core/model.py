@@ -21,6 +21,8 @@ CAMPAIGN_STAGES: tuple[str, ...] = ("preflight", "fence", "unfence", "report")
 VM_STAGES: tuple[str, ...] = (
     "locate",
     "backup_xml",
+    "backup_disks",
+    "precopy",
     "notify",
     "power_off",
     "undefine",

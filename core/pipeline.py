@@ -80,6 +80,8 @@ class Plan:
 SAFE_POINTS: dict[str, str] = {
     "locate": "nothing was changed; the VM runs on its source host",
     "backup_xml": "nothing was changed; its domain XML is saved in the state directory",
+    "backup_disks": "nothing was changed; its disks are backed up (or no backup is configured)",
+    "precopy": "nothing was changed; its disks may be staged on the target host",
     "notify": "nothing was changed; its users were told the downtime starts",
     "power_off": "the VM is powered off on its source host, its disks untouched",
     "undefine": "the domain is undefined on the source host (XML saved); disks untouched",

@@ -42,6 +42,7 @@ BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
     ("abiquo", "rehost.plugins.abiquo"),
     ("libvirt", "rehost.plugins.libvirt"),
     ("notify", "rehost.plugins.notify"),
+    ("backup", "rehost.plugins.backup"),
     ("mail", "rehost.plugins.mail"),
     ("storage", "rehost.plugins.storage"),
     ("storage-shared", "rehost.plugins.storage.shared"),

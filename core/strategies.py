@@ -34,6 +34,7 @@ from rehost.core.types import (
     Need,
     PowerOffNewResult,
     PowerOffResult,
+    PrecopyResult,
     PreserveResult,
     RemoveNewDisksResult,
     RollbackResult,
@@ -87,6 +88,13 @@ class StorageStrategy(Strategy):
         """What would stop this VM's disks from moving, said before the VM is powered off
         (preflight, and ``backup_xml``): e.g. a path the strategy cannot carry safely."""
         return []
+
+    def precopy(self, vm: VM, ctx: Context) -> PrecopyResult:
+        """While the VM still runs: stage its disks on the host it is expected to land on, so
+        that :meth:`transfer` sends only the blocks that changed. Must change nothing the user
+        sees (no disk of the VM is touched); a staging file left behind is the strategy's to
+        remove. The default does not pre-copy."""
+        return PrecopyResult(skipped=f"the storage strategy {self.name!r} does not pre-copy")
 
     @abstractmethod
     def preserve_disks(self, vm: VM, ctx: Context) -> PreserveResult: ...

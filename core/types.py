@@ -45,12 +45,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CAMPAIGN_STAGES", "RESULT_TYPES", "VM", "VM_STAGES", "AwaitUndeployedResult",
-    "BackupXmlResult", "CleanupResult", "Context", "DeployResult", "Disk", "DiskCheck",
-    "FenceResult", "Finding", "Host", "HostFacts", "LocateResult", "Need", "NotifyResult",
-    "PluginSettings", "PowerOffNewResult", "PowerOffResult", "PreserveResult", "PreservedDisk",
-    "RemoveNewDisksResult", "RemovedDisk", "Result", "RollbackResult", "Sample", "StartResult",
-    "StrategyRecord", "SwapResult", "SwappedDisk", "TargetLoad", "TransferResult",
-    "UndefineResult",
+    "BackupDisksResult", "BackupXmlResult", "CleanupResult", "Context", "DeployResult", "Disk",
+    "DiskBackup", "DiskCheck", "FenceResult", "Finding", "Host", "HostFacts", "LocateResult",
+    "Need", "NotifyResult", "PluginSettings", "PowerOffNewResult", "PowerOffResult",
+    "PrecopyResult", "PreserveResult", "PreservedDisk", "RemoveNewDisksResult", "RemovedDisk",
+    "Result", "RollbackResult", "Sample", "StagedDisk", "StartResult", "StrategyRecord",
+    "SwapResult", "SwappedDisk", "TargetLoad", "TransferResult", "UndefineResult",
     "UnfenceResult", "VerifyResult", "XmlChange", "check_result", "load_result",
 ]
 
@@ -144,6 +144,49 @@ class BackupXmlResult(Result):
     disks: int
     file_disks: list[str] = []
     other_disks: list[str | None] = []
+
+
+class DiskBackup(Record):
+    """A copy of a user's file disk made before the window (``backup_disks``), verified
+    against the disk it copies."""
+
+    path: str
+    host: str
+    location: str
+    size: int | None = None
+    allocated: int | None = None
+    checksum: str | None = None
+    algorithm: str | None = None
+    bytes: int = 0
+    seconds: float | None = None
+
+
+class BackupDisksResult(Result):
+    """The backups made before the VM went down: where each disk's copy is."""
+
+    stage = "backup_disks"
+    strategy: str = ""
+    backups: list[DiskBackup] = []
+
+
+class StagedDisk(Record):
+    """A disk copied while its VM still ran (``precopy``): the staging file on the host the
+    VM is expected to land on, and how much was sent."""
+
+    path: str
+    staging: str
+    size: int | None = None
+    bytes: int = 0
+    seconds: float | None = None
+
+
+class PrecopyResult(Result):
+    """The disks staged before the VM went down, and on which host (the predicted target)."""
+
+    stage = "precopy"
+    host: str | None = None
+    strategy: str = ""
+    staged: list[StagedDisk] = []
 
 
 class NotifyResult(Result):
@@ -258,7 +301,8 @@ class UnfenceResult(Result):
 #: The result type of each stage.
 RESULT_TYPES: dict[str, type[Result]] = {
     cls.stage: cls for cls in (
-        LocateResult, BackupXmlResult, NotifyResult, PowerOffResult, UndefineResult,
+        LocateResult, BackupXmlResult, BackupDisksResult, PrecopyResult, NotifyResult,
+        PowerOffResult, UndefineResult,
         AwaitUndeployedResult, PreserveResult, DeployResult, PowerOffNewResult, TransferResult,
         RemoveNewDisksResult, SwapResult, StartResult, VerifyResult, CleanupResult,
         RollbackResult, FenceResult, UnfenceResult)

@@ -30,6 +30,7 @@ from typing import Any
 from rehost.core.types import (
     VM,
     AwaitUndeployedResult,
+    BackupDisksResult,
     BackupXmlResult,
     CleanupResult,
     Context,
@@ -42,6 +43,7 @@ from rehost.core.types import (
     PluginSettings,
     PowerOffNewResult,
     PowerOffResult,
+    PrecopyResult,
     PreserveResult,
     RemoveNewDisksResult,
     RollbackResult,
@@ -370,6 +372,23 @@ def rehost_vm_locate(vm: VM, ctx: Context) -> LocateResult | None:
 def rehost_vm_backup_xml(vm: VM, ctx: Context) -> BackupXmlResult | None:
     """Save the domain's XML to the state directory and list its disks into ``vm.disks``.
     Stops at first non-None result."""
+
+
+@hookspec(firstresult=True)
+def rehost_vm_backup_disks(vm: VM, ctx: Context) -> BackupDisksResult | None:
+    """Before the window, while the VM still runs: copy each file disk to the backup location
+    and verify the copy (the built-in implementation asks the configured backup strategy,
+    ``[backup] strategy``; with none configured the stage is skipped). A failure stops the VM
+    here, before anything changes. Stops at first non-None result."""
+
+
+@hookspec(firstresult=True)
+def rehost_vm_precopy(vm: VM, ctx: Context) -> PrecopyResult | None:
+    """While the VM still runs: copy its disks to a staging file on the host it is expected to
+    land on, so that ``transfer`` sends only what changed once it is off (the built-in
+    implementation asks the storage strategy, :meth:`StorageStrategy.precopy`; skipped where
+    the strategy does not pre-copy). Nothing the user sees changes. Stops at first non-None
+    result."""
 
 
 @hookspec(firstresult=True)

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 #: Stages grouped by what they do to the VM, one colour per group in the timeline.
 PHASES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
-    ("prepare", "#94a3b8", ("locate", "backup_xml", "notify")),
+    ("prepare", "#94a3b8", ("locate", "backup_xml", "backup_disks", "precopy", "notify")),
     ("power off", "#fb923c", ("power_off", "undefine", "await_undeployed")),
     ("redeploy", "#a78bfa", ("deploy", "power_off_new")),
     ("disks", "#3b82f6", ("preserve_disks", "transfer", "remove_new_disks", "swap_disks")),

@@ -458,6 +458,7 @@ formats = []
 
 RESULTS: dict[str, dict[str, Any]] = {
     "locate": {"host": "old"}, "backup_xml": {"xml": "domain.xml", "disks": 0},
+    "backup_disks": {"strategy": "test"}, "precopy": {"strategy": "test"},
     "power_off": {"how": "graceful"}, "undefine": {"undefined": True},
     "await_undeployed": {}, "preserve_disks": {"disks": []}, "deploy": {"host": "new"},
     "power_off_new": {}, "transfer": {"disks": []}, "remove_new_disks": {},

@@ -53,6 +53,7 @@ formats = []
 #: A valid result of each stage, as the typed contract wants it (rehost.core.types).
 RESULTS: dict[str, dict[str, Any]] = {
     "locate": {"host": "old"}, "backup_xml": {"xml": "domain.xml", "disks": 0},
+    "backup_disks": {"strategy": "test"}, "precopy": {"strategy": "test"},
     "power_off": {"how": "graceful"}, "undefine": {"undefined": True},
     "await_undeployed": {}, "preserve_disks": {"disks": []}, "deploy": {"host": "new"},
     "power_off_new": {}, "transfer": {"disks": []}, "remove_new_disks": {},
@@ -146,6 +147,14 @@ class Performer:
     @hookimpl
     def rehost_vm_backup_xml(self, vm: VM, ctx: Campaign) -> dict[str, Any] | None:
         return self._do("backup_xml", vm)
+
+    @hookimpl
+    def rehost_vm_backup_disks(self, vm: VM, ctx: Campaign) -> dict[str, Any] | None:
+        return self._do("backup_disks", vm)
+
+    @hookimpl
+    def rehost_vm_precopy(self, vm: VM, ctx: Campaign) -> dict[str, Any] | None:
+        return self._do("precopy", vm)
 
     @hookimpl
     def rehost_vm_power_off(self, vm: VM, ctx: Campaign) -> dict[str, Any] | None:
@@ -249,6 +258,9 @@ GOLDEN = [
     "campaign_start",
     "stage_start locate web01", "vm_locate web01", "stage_finish locate web01",
     "stage_start backup_xml web01", "vm_backup_xml web01", "stage_finish backup_xml web01",
+    "stage_start backup_disks web01", "vm_backup_disks web01",
+    "stage_finish backup_disks web01",
+    "stage_start precopy web01", "vm_precopy web01", "stage_finish precopy web01",
     "stage_start notify web01", "vm_notify web01", "notify downtime_start web01",
     "stage_finish notify web01",
     "stage_start power_off web01", "vm_power_off web01", "stage_finish power_off web01",

@@ -314,10 +314,10 @@ def test_html_is_self_contained_with_summary_timeline_and_tables(
     assert "<strong>bad</strong> failed in stage <code>transfer</code>" in summary
     assert str(markupsafe.escape(SAFE_POINTS["power_off_new"])) in summary
     svg = html[html.index("<svg"):html.index("</svg>")]
-    # one bar per stage that ran: 15 for good, 10 for bad, 3 campaign stages (the report
-    # stage writing this report is left out)
+    # one bar per stage that ran: every stage for good, up to transfer for bad, 3 campaign
+    # stages (the report stage writing this report is left out)
     assert svg.count("<rect x=") - svg.count('fill="#f8fafc"') - svg.count("downtime</title>") \
-        - svg.count("still down</title>") == 15 + 10 + 3
+        - svg.count("still down</title>") == len(VM_STAGES) + VM_STAGES.index("transfer") + 1 + 3
     assert [s["stage"] for s in with_failure["campaign_stages"]] == [
         "preflight", "fence", "unfence"]
     assert "bad: transfer (failed, 30.0 s) — the copy link broke" in svg

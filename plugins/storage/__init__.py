@@ -12,6 +12,7 @@ from rehost.api import (
     CleanupResult,
     Context,
     Finding,
+    PrecopyResult,
     PreserveResult,
     RemoveNewDisksResult,
     SwapResult,
@@ -19,6 +20,12 @@ from rehost.api import (
     VerifyResult,
     hookimpl,
 )
+
+
+@hookimpl(trylast=True)
+def rehost_vm_precopy(vm: VM, ctx: Context) -> PrecopyResult:
+    result: PrecopyResult = ctx.storage.precopy(vm, ctx)
+    return result
 
 
 @hookimpl(trylast=True)
