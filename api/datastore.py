@@ -626,6 +626,7 @@ class DatastoreStrategy(StorageStrategy):
         self._digests: dict[tuple[str, str, int], str] = {}
         self._checked: dict[tuple[str, str], str] = {}
         self._carrying: dict[tuple[str, str], threading.Lock] = {}
+        self._users: dict[str, dict[str, list[tuple[str, str]]]] = {}
         self._lock = threading.Lock()
         self.take_options()
         self.reject_unknown_options()
@@ -653,14 +654,14 @@ class DatastoreStrategy(StorageStrategy):
             try:
                 ctx.shell(host.name).run(digest_argv("probe", algorithm), timeout=60)
             except RemoteError as exc:
-                if exc.exit_code in (3, 127):
-                    why = (exc.stderr or "").strip().splitlines()[-1:] or [str(exc)]
-                    out.append(Finding(
-                        "critical", "digest",
-                        f"{host.name} cannot compute the disks' {self.content_algorithm} "
-                        f"digest ({why[0]}): install Python there, or set "
-                        'storage.options.digest = "whole"', host=host.name))
-                # a host that does not answer: the preflight says so already
+                if exc.exit_code == 255:
+                    continue  # a host that does not answer: the preflight says so already
+                why = (exc.stderr or "").strip().splitlines()[-1:] or [str(exc)]
+                out.append(Finding(
+                    "critical", "digest",
+                    f"{host.name} cannot compute the disks' {self.content_algorithm} "
+                    f"digest ({why[0]}): install Python there, or set "
+                    'storage.options.digest = "whole"', host=host.name))
         return out
 
     def check_vm(self, vm: VM, ctx: Context) -> list[Finding]:
@@ -675,7 +676,47 @@ class DatastoreStrategy(StorageStrategy):
                 out.append(Finding("critical", "backing-file",
                                    f"cannot tell the backing files of {disk.source}: {exc}",
                                    vm=vm.label or vm.name))
+        if vm.source_host and vm.file_disks():
+            try:
+                users = self.backing_users(ctx, vm.source_host)
+            except RehostError as exc:
+                users = {}
+                out.append(Finding("warning", "backing-file",
+                                   f"cannot tell which disks on {vm.source_host} have backing "
+                                   f"files: {exc}", vm=vm.label or vm.name))
+            for disk in vm.file_disks():
+                others = [(dom, path) for dom, path in users.get(disk.source or "", [])
+                          if dom != vm.name]
+                if others:
+                    out.append(Finding(
+                        "critical", "backing-file",
+                        f"{disk.source} is the backing file of {others[0][1]} (domain "
+                        f"{others[0][0]}): moving it would leave that disk without it",
+                        vm=vm.label or vm.name))
         return out
+
+    def backing_users(self, ctx: Context, host: str) -> dict[str, list[tuple[str, str]]]:
+        """For each backing file of a disk of a domain defined on ``host``: which domains'
+        disks (domain, path) it is under. Read once a run."""
+        with self._lock:
+            found = self._users.get(host)
+        if found is not None:
+            return found
+        users: dict[str, list[tuple[str, str]]] = {}
+        sh, hv = ctx.shell(host), ctx.hypervisor(host)
+        for dom in hv.domains():
+            for d in hv.disks(dom.name, inactive=True):
+                if not d.is_file or not d.source or (d.format or "").lower() == "raw":
+                    continue
+                try:
+                    chain = backing_chain(sh, d.source, d.format)
+                except RehostError:
+                    continue  # its own VM's check says why
+                for backing in chain:
+                    users.setdefault(backing, []).append((dom.name, d.source))
+        with self._lock:
+            self._users[host] = users
+        return users
 
     def backing_of(self, vm: VM, ctx: Context, disk: Disk) -> list[str]:
         """The backing files of a disk, read on the source host (none for a raw disk)."""

@@ -145,7 +145,8 @@ def vm_results(state_dir: Path) -> dict[str, dict[str, Any]]:
     finally:
         journal.close()
     return {(r["vm"].get("label") or r["name"]): {"name": r["name"], "status": r["status"],
-                                                  "vm": r["vm"]} for r in rows}
+                                                  "error": r["error"], "vm": r["vm"]}
+            for r in rows}
 
 
 def union_within(intervals: list[tuple[float, float]], lo: float, hi: float) -> float:

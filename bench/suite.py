@@ -2,7 +2,8 @@
 
 As root, from the repository root. It brings up a rehearsal lab (``REHOST_LAB_INSTANCE``,
 default 60; two CentOS 5 hosts, one CentOS 6 host, an Abiquo emulator), measures, prints one
-table, and takes the lab down (also when it fails). About 5 to 10 minutes on 2 cores.
+table, and takes the lab down (also when it fails). About 10 minutes on 2 cores (15 with a
+load average of 10 from other work).
 
 - **Disk copies**, source host to target host, warm page cache: one sparse disk (2 GiB
   virtual, 5 % allocated, raw) and one dense disk (512 MiB of random data), moved by hand with
@@ -34,6 +35,7 @@ machine vary from run to run.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import time
@@ -121,6 +123,8 @@ def description(strategies: list[str]) -> str:
     for s in strategies:
         out += vm(f"sparse-{s}", SOURCE, SPARSE["size_mib"], SPARSE["data_mib"])
         out += vm(f"dense-{s}", SOURCE, DENSE["size_mib"], DENSE["data_mib"])
+    if precopy_available() is not None:
+        out += vm("precopy", SOURCE, SPARSE["size_mib"], SPARSE["data_mib"])
     for par in (1, 4):
         for i in range(CAMPAIGN):
             out += vm(f"p{par}-{i + 1:02d}", (SOURCE, OTHER_SOURCE)[i % 2], 64, 4)
@@ -128,9 +132,10 @@ def description(strategies: list[str]) -> str:
 
 
 def site_config(st: Any, name: str, vms: list[str] | None, storage: str,
-                parallel: int = 1) -> tuple[Path, Path]:
-    """A site config of its own (its own journal) for one measurement; returns it and its
-    state directory."""
+                parallel: int = 1,
+                extra: dict[str, dict[str, Any]] | None = None) -> tuple[Path, Path]:
+    """A site config of its own (its own journal) for one measurement, with ``extra`` tables
+    (``{"storage.options": {"precopy": True}}``); returns it and its state directory."""
     from rehost.lab.siteconfig import render_site_config
 
     folder = st.root / "bench" / name
@@ -144,6 +149,8 @@ def site_config(st: Any, name: str, vms: list[str] | None, storage: str,
         elif line.startswith("vms = ") and vms is not None:
             line = "vms = [" + ", ".join(f'"{v}"' for v in vms) + f"]\nparallel = {parallel}"
         lines.append(line)
+    for table, values in (extra or {}).items():
+        lines += ["", f"[{table}]", *(f"{k} = {json.dumps(v)}" for k, v in values.items())]
     path = folder / "site.toml"
     path.write_text("\n".join(lines) + "\n")
     return path, state
@@ -154,6 +161,27 @@ def shell(st: Any, host: str) -> Any:
 
     return Shell(st.host(host)["address"], ssh=SshOptions(config=st.data["ssh_config"]),
                  name=host)
+
+
+def bashrc(st: Any, hide: bool) -> bool:
+    """Hide (or show again) root's ``.bashrc`` on the lab's hosts, in their own mount
+    namespaces only. The lab's hosts share this machine's ``/root`` (all but ``.ssh``), so
+    every ssh command runs this machine's ``.bashrc``; where that starts a Python version
+    manager (``pyenv init``: about 0.3 s and a hundred processes per command) the lab is
+    slower than a CentOS host, whose root runs no such thing. Returns whether it was done."""
+    import subprocess
+
+    home = Path("/root/.bashrc")
+    if not home.exists():
+        return False
+    empty = st.root / "empty-bashrc"
+    empty.write_text("")
+    for h in st.data["hosts"]:
+        pid = (Path(h["root"]) / "run" / "sshd-lab.pid").read_text().split()[0]
+        argv = (["mount", "--bind", str(empty), str(home)] if hide
+                else ["umount", str(home)])
+        subprocess.run(["nsenter", "-t", pid, "-m", *argv], check=True, capture_output=True)
+    return True
 
 
 # -- measurements ------------------------------------------------------------------------------
@@ -201,10 +229,13 @@ def by_hand(st: Any, path: str) -> dict[str, Copy]:
     return out
 
 
-def by_rehost(st: Any, strategy: str) -> tuple[dict[str, Copy], Run]:
-    """The sparse and the dense VM of ``strategy`` moved by rehost in one campaign."""
-    names = [f"sparse-{strategy}", f"dense-{strategy}"]
-    cfg, state = site_config(st, f"move-{strategy}", names, strategy)
+def by_rehost(st: Any, strategy: str, vms: list[str] | None = None,
+              extra: dict[str, dict[str, Any]] | None = None) -> tuple[dict[str, Copy], Run]:
+    """The sparse and the dense VM of ``strategy`` (or ``vms``) moved by rehost in one
+    campaign, with ``extra`` tables in the site config; keyed by the VMs' first word."""
+    names = vms or [f"sparse-{strategy}", f"dense-{strategy}"]
+    run_name = "-".join(vms) if vms else strategy
+    cfg, state = site_config(st, f"move-{run_name}", names, strategy, extra=extra)
     run = rehost("run", "-c", str(cfg))
     out: dict[str, Copy] = {}
     if not state.exists():
@@ -235,6 +266,8 @@ class Campaign:
     own: list[float]
     waits: dict[str, float]
     vms: int
+    statuses: dict[str, int] = field(default_factory=dict)
+    first_error: str | None = None
 
 
 def campaign(st: Any, parallel: int, storage: str) -> Campaign:
@@ -247,8 +280,13 @@ def campaign(st: Any, parallel: int, storage: str) -> Campaign:
     ends = [s.end for s in journal if s.end is not None]
     span = (max(ends) - min(s.start for s in journal)) if ends else None
     own, waits = own_time(run, journal) if parallel == 1 else ([], {})
-    done = sum(1 for r in vm_results(state).values() if r["status"] == "done")
-    return Campaign(run, span, own, waits, done)
+    rows = vm_results(state)
+    statuses: dict[str, int] = {}
+    for r in rows.values():
+        statuses[r["status"]] = statuses.get(r["status"], 0) + 1
+    error = next((f"{label}: {r['error']}" for label, r in sorted(rows.items())
+                  if r["status"] == "failed" and r["error"]), None)
+    return Campaign(run, span, own, waits, statuses.get("done", 0), statuses, error)
 
 
 def own_time(run: Run, journal: list[Any]) -> tuple[list[float], dict[str, float]]:
@@ -279,7 +317,7 @@ class Preflight:
 
 def preflight(st: Any, storage: str, name: str) -> Preflight:
     cfg, state = site_config(st, name, None, storage)
-    run = rehost("-v", "run", "--dry-run", "-c", str(cfg))
+    run = rehost("-vv", "run", "--dry-run", "-c", str(cfg))
     seconds = stage_seconds(stages(state), None, "preflight") if state.exists() else None
     return Preflight(run, seconds)
 
@@ -315,28 +353,31 @@ def report(out: dict[str, Any]) -> str:
     add(f"rehost bench — {out['when']}, {out['cpus']} CPUs, lab instance {out['instance']}, "
         f"{out['minutes']:.1f} min; load average {out['load'][0]} at start, "
         f"{out['load'][1]} at end (other work on the machine slows every number)")
+    if out.get("bashrc_hidden"):
+        add("The lab's hosts run without this machine's /root/.bashrc (pyenv init: ~0.3 s a "
+            "command; a CentOS host has none); the preflight is shown with it too.")
     add("")
     add(f"Disk copies {SOURCE} -> {TARGET}, warm cache. Sparse: raw, 2 GiB virtual, "
         f"{out['sparse_source'] / MIB:.0f} MiB allocated; dense: raw, 512 MiB of random data.")
-    add(f"{'':32} {'sparse s':>9} {'on target MiB':>14}   {'dense s':>8} {'on target MiB':>14}"
+    add(f"{'':40} {'sparse s':>9} {'on target MiB':>14}   {'dense s':>8} {'on target MiB':>14}"
         f"   {'downtime s (sparse/dense)':>26}")
     hand, moved = out["by_hand"], out["by_rehost"]
     for tool in BY_HAND:
         sp, de = hand["sparse"].get(tool), hand["dense"].get(tool)
-        add(f"{'by hand: ' + tool:32} {_s(sp.seconds if sp else None):>9} "
+        add(f"{'by hand: ' + tool:40} {_s(sp.seconds if sp else None):>9} "
             f"{_mib(sp.allocated if sp else None):>14}   {_s(de.seconds if de else None):>8} "
             f"{_mib(de.allocated if de else None):>14}")
     for strategy, kinds in moved.items():
         sp, de = kinds.get("sparse"), kinds.get("dense")
-        add(f"{'rehost ' + strategy + ' (with verification)':32} "
+        add(f"{'rehost ' + strategy + ' (with verification)':40} "
             f"{_s(sp.seconds if sp else None):>9} {_mib(sp.allocated if sp else None):>14}   "
             f"{_s(de.seconds if de else None):>8} {_mib(de.allocated if de else None):>14}   "
             f"{_s(sp.downtime if sp else None):>13}/{_s(de.downtime if de else None)}")
         for kind, c in (("sparse", sp), ("dense", de)):
             if c is not None and c.parts:
-                add(f"{'':34}{kind}: " + ", ".join(f"{k} {_s(v)} s" for k, v in c.parts.items()))
+                add(f"{'':42}{kind}: " + ", ".join(f"{k} {_s(v)} s" for k, v in c.parts.items()))
             if c is not None and c.error:
-                add(f"{'':34}{kind}: FAILED: {c.error.splitlines()[-1] if c.error else ''}")
+                add(f"{'':42}{kind}: FAILED: {c.error.splitlines()[-1] if c.error else ''}")
     add("")
     scp_sparse = hand["sparse"].get("scp")
     scp_dense = hand["dense"].get("scp")
@@ -363,20 +404,32 @@ def report(out: dict[str, Any]) -> str:
     add(f"Campaign of {CAMPAIGN} VMs (64 MiB disks, {out['default']}), makespan:")
     for c, par in ((p1, 1), (p4, 4)):
         add(f"  --parallel {par}: process {c.run.seconds:.1f} s, journal {_s(c.span)} s, "
-            f"{c.vms}/{CAMPAIGN} done" + ("" if c.run.ok else f", exit {c.run.returncode}"))
-    ratio = _ratio(p4.run.seconds, p1.run.seconds, T_PARALLEL)
-    add(f"  parallel 4 / parallel 1 (process)  {ratio}")
-    add(f"  parallel 4 / parallel 1 (journal)  {_ratio(p4.span, p1.span, T_PARALLEL)}")
+            + ", ".join(f"{n} {k}" for k, n in sorted(c.statuses.items()))
+            + ("" if c.run.ok else f"; exit {c.run.returncode}"))
+        if c.first_error:
+            add(f"    first failure: {c.first_error[:300]}")
+    if p1.vms == p4.vms == CAMPAIGN:
+        ratio = _ratio(p4.run.seconds, p1.run.seconds, T_PARALLEL)
+        add(f"  parallel 4 / parallel 1 (process)  {ratio}")
+        add(f"  parallel 4 / parallel 1 (journal)  {_ratio(p4.span, p1.span, T_PARALLEL)}")
+    else:
+        add(f"  parallel 4 / parallel 1: not comparable, not every VM moved "
+            f"(target ≤ {T_PARALLEL:g}x)")
     add("")
     add(f"Preflight, rehost run --dry-run of all {out['vms']} VMs on 3 hosts (journal's stage; "
         "whole process):")
-    for label, pf in (("first after lab up", out["preflight_cold"]),
-                      ("again", out["preflight_warm"])):
+    shown = [("first after lab up", out["preflight_cold"]), ("again", out["preflight_warm"])]
+    if "preflight_bashrc" in out:
+        shown.append(("again, with .bashrc", out["preflight_bashrc"]))
+    for label, pf in shown:
         add(f"  {label:<19} {_against(pf.stage, T_PREFLIGHT, 's')};  process "
             f"{pf.run.seconds:.2f} s")
-    for line in out["preflight_warm"].run.stderr.splitlines():
-        if "preflight" in line and ("checks in" in line or "preflight in" in line):
-            add(f"    {line.strip()}")
+    for label, pf in shown[:2]:
+        add(f"  {label}: what -v and -vv said")
+        for line in pf.run.stderr.splitlines():
+            if "host facts in" in line or "preflight checks in" in line \
+                    or "preflight in" in line:
+                add(f"    {line.strip()}")
     add("")
     own = p1.own
     mean = sum(own) / len(own) if own else None
@@ -394,7 +447,25 @@ def report(out: dict[str, Any]) -> str:
     add(f"Peak memory of rehost (ru_maxrss), largest of {len(runs)} runs: "
         f"{_against(peak.maxrss_mib * MIB / 1e6, T_MEMORY, 'MB')} "
         f"({' '.join(peak.argv[:2])}; wait4: {peak.maxrss_kib_wait4 / 1024:.0f} MiB)")
+    add("")
+    add("Bench phases: " + ", ".join(f"{k} {v:.0f} s" for k, v in out["phases"].items()))
+    add(f"Journals, reports and what each rehost run printed: {out['kept']}")
     return "\n".join(lines)
+
+
+def _keep(st: Any, runs: list[Run], folder: Path) -> None:
+    """The journals and reports of every measurement, and what each rehost run printed, kept
+    in ``folder`` (the lab's folder goes with the lab)."""
+    import shutil
+
+    try:
+        shutil.copytree(st.root / "bench", folder / "runs", dirs_exist_ok=True)
+        for i, run in enumerate(runs):
+            (folder / f"run-{i:02d}.log").write_text(
+                f"$ rehost {' '.join(run.argv)}\nexit {run.returncode}\n{run.stdout}\n"
+                f"{run.stderr}")
+    except OSError as exc:
+        print(f"bench: could not keep the runs' files in {folder}: {exc}")
 
 
 def _load() -> str:
@@ -412,6 +483,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
     ap.add_argument("--keep-lab", action="store_true", help="leave the lab up at the end")
     ap.add_argument("--strategies", help="comma-separated storage strategies (default: all)")
+    ap.add_argument("--keep-bashrc", action="store_true",
+                    help="let the lab's hosts run this machine's /root/.bashrc on every ssh "
+                         "command (hidden by default: see bashrc())")
     args = ap.parse_args()
     logger.remove()
     began = time.monotonic()
@@ -429,35 +503,66 @@ def main() -> None:
     desc.write_text(description(strategies))
     print(f"bench: bringing the lab up ({platform.node()}, strategies: "
           f"{', '.join(strategies)}) ...", flush=True)
-    st = lab.up(desc)
+    phases: dict[str, float] = {}
+    st = None
     try:
+        step = time.monotonic()
+        st = lab.up(desc)
+        phases["lab up"] = time.monotonic() - step
         out["vms"] = len(st.data["vms"])
+        out["bashrc_hidden"] = not args.keep_bashrc and bashrc(st, hide=True)
         print("bench: preflight ...", flush=True)
+        step = time.monotonic()
         out["preflight_cold"] = preflight(st, default, "preflight-cold")
         out["preflight_warm"] = preflight(st, default, "preflight-warm")
         out["runs"] += [out["preflight_cold"].run, out["preflight_warm"].run]
+        if out["bashrc_hidden"]:
+            bashrc(st, hide=False)
+            out["preflight_bashrc"] = preflight(st, default, "preflight-bashrc")
+            out["runs"].append(out["preflight_bashrc"].run)
+            bashrc(st, hide=True)
+        phases["preflight"] = time.monotonic() - step
         sparse_path = st.vm(f"sparse-{strategies[0]}")["disks"][0]["path"]
         dense_path = st.vm(f"dense-{strategies[0]}")["disks"][0]["path"]
         out["sparse_source"] = shell(st, SOURCE).stat(sparse_path).allocated
         print("bench: copies by hand ...", flush=True)
+        step = time.monotonic()
         out["by_hand"] = {"sparse": by_hand(st, sparse_path), "dense": by_hand(st, dense_path)}
+        phases["copies by hand"] = time.monotonic() - step
         out["by_rehost"] = {}
         for s in strategies:
             print(f"bench: rehost, storage strategy {s} ...", flush=True)
+            step = time.monotonic()
             out["by_rehost"][s], run = by_rehost(st, s)
             out["runs"].append(run)
+            phases[f"rehost {s}"] = time.monotonic() - step
         sparse = out["by_rehost"].get(default, {}).get("sparse")
         out["downtime_cold"] = sparse.downtime if sparse else None
         options = precopy_available()
-        out["downtime_precopy"] = "n/a (not built)" if options is None else "see below"
+        out["downtime_precopy"] = "n/a (not built)"
         out["downtime_precopy_s"] = None
+        if options is not None:
+            print("bench: rehost with pre-copy ...", flush=True)
+            moved, run = by_rehost(st, default, vms=["precopy"], extra=options)
+            out["runs"].append(run)
+            got = moved.get("precopy")
+            out["downtime_precopy_s"] = got.downtime if got else None
+            out["downtime_precopy"] = f"{_s(out['downtime_precopy_s'])} s"
         for par in (1, 4):
             print(f"bench: campaign of {CAMPAIGN} VMs at --parallel {par} ...", flush=True)
+            step = time.monotonic()
             out[f"p{par}"] = campaign(st, par, default)
             out["runs"].append(out[f"p{par}"].run)
+            phases[f"campaign --parallel {par}"] = time.monotonic() - step
     finally:
+        if st is not None:
+            _keep(st, out.get("runs", []), desc_dir)
         if not args.keep_lab:
+            step = time.monotonic()
             lab.down(quiet=True)
+            phases["lab down"] = time.monotonic() - step
+    out["phases"] = phases
+    out["kept"] = str(desc_dir)
     out["minutes"] = (time.monotonic() - began) / 60
     out["load"][1] = _load()
     print()

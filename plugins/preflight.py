@@ -4,9 +4,11 @@ The control plane and the strategies add their own (``preflight`` of each).
 
 The hosts are checked at once, one thread each, and each host is asked once: its facts are one
 ssh command while its libvirt connection opens (``ctx.facts``), the sizes of the disks on a
-source host one more command (``Shell.probe_paths``). The shared-datastore probe runs while the
-space is counted. Only when a host's facts cannot be read is it asked again, to tell an ssh
-failure from a libvirt one. ``-v`` says how long each part took, ``-vv`` each host too.
+source host one more command (``Shell.probe_paths``); the storage strategy's checks of the VMs
+of each source host run in a thread of their own, answered from that command. The
+shared-datastore probe runs alongside the hosts' facts. Only when a host's facts cannot be read
+is it asked again, to tell an ssh failure from a libvirt one. ``-v`` says how long each part
+took, ``-vv`` each host too. (docs/design.md, section 2, "How the preflight spends its time".)
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
 from rehost.api import (
+    VM,
     Context,
     Disk,
     Finding,
@@ -199,8 +202,9 @@ class _Primed:
 
 
 class _PrimedContext:
-    """The campaign as the storage strategy's ``space_needed`` sees it in the preflight: the
-    same, but the source hosts' shells answer from the disks' sizes read in one command."""
+    """The campaign as the storage strategy's ``check_vm`` and ``space_needed`` see it in the
+    preflight: the same, but the source hosts' shells answer ``exists`` and ``stat`` of the
+    disks from the one command that read them all."""
 
     def __init__(self, ctx: Context, primed: dict[str, _Primed]) -> None:
         self._ctx = ctx
@@ -216,37 +220,30 @@ class _PrimedContext:
 
 def _space(ctx: Context, targets: list[str], facts: dict[str, HostFacts],
            probed: dict[str, _Checked]) -> list[Finding]:
+    """The storage strategy's ``check_vm`` and ``space_needed`` of every VM, the VMs of each
+    source host in a thread of their own (their exists and stat answered from the one command
+    per host); the findings in the VMs' order."""
     if not targets:
         return []
-    needed = 0
-    biggest = 0
-    out: list[Finding] = []
     listed = {name: disks for c in probed.values() for name, disks in c.disks.items()}
     view = cast(Context, _PrimedContext(ctx, {
         h: _Primed(ctx.shell(h), c.known) for h, c in probed.items() if c.known is not None}))
-    for vm in ctx.vms:
-        if vm.fact(TransferResult) is not None:
-            continue  # resumed: its disks are on the target already (counted in its free space)
-        if not vm.disks and vm.source_host:
-            try:
-                found = listed.get(vm.name)
-                if found is None:  # its host did not answer: ask (and say why not)
-                    found = ctx.hypervisor(vm.source_host).disks(vm.name)
-                if isinstance(found, RehostError):
-                    raise found
-                vm.disks = found
-            except RehostError as exc:
-                out.append(Finding("critical", "disks", f"cannot list disks: {exc}",
-                                   vm=vm.label or vm.name))
-                continue
-        out.extend(ctx.storage.check_vm(vm, ctx))
-        size = 0
-        for d in vm.file_disks():
-            try:
-                size += ctx.storage.space_needed(view, vm, d)
-            except RehostError as exc:
-                out.append(Finding("critical", "disk", f"{d.source}: {exc}",
-                                   vm=vm.label or vm.name))
+    # resumed VMs are left out: their disks are on the target already (in its free space)
+    todo = [vm for vm in ctx.vms if vm.fact(TransferResult) is None]
+    by_host: dict[str, list[VM]] = {}
+    for vm in todo:
+        by_host.setdefault(vm.source_host or "", []).append(vm)
+    hosts = list(by_host)
+    answers = _at_once(hosts, lambda h: [_vm_space(ctx, view, vm, listed)
+                                         for vm in by_host[h]], "preflight-space")
+    per_vm = {vm.name: answer for h, host_answers in zip(hosts, answers, strict=True)
+              for vm, answer in zip(by_host[h], host_answers, strict=True)}
+    needed = 0
+    biggest = 0
+    out: list[Finding] = []
+    for vm in todo:
+        found, size = per_vm[vm.name]
+        out.extend(found)
         needed += size
         biggest = max(biggest, size)
     free = {t: facts[t].datastore_free_bytes or 0 for t in targets}
@@ -263,6 +260,32 @@ def _space(ctx: Context, targets: list[str], facts: dict[str, HostFacts],
                            f"{needed >> 20} MiB needed on the targets, "
                            f"{sum(free.values()) >> 20} MiB free"))
     return out
+
+
+def _vm_space(ctx: Context, view: Context, vm: VM,
+              listed: dict[str, list[Disk] | RehostError]) -> tuple[list[Finding], int]:
+    """One VM's findings (its disks, the storage strategy's checks) and the bytes it needs."""
+    out: list[Finding] = []
+    if not vm.disks and vm.source_host:
+        try:
+            found = listed.get(vm.name)
+            if found is None:  # its host did not answer: ask (and say why not)
+                found = ctx.hypervisor(vm.source_host).disks(vm.name)
+            if isinstance(found, RehostError):
+                raise found
+            vm.disks = found
+        except RehostError as exc:
+            return [Finding("critical", "disks", f"cannot list disks: {exc}",
+                            vm=vm.label or vm.name)], 0
+    out.extend(ctx.storage.check_vm(vm, view))
+    size = 0
+    for d in vm.file_disks():
+        try:
+            size += ctx.storage.space_needed(view, vm, d)
+        except RehostError as exc:
+            out.append(Finding("critical", "disk", f"{d.source}: {exc}",
+                               vm=vm.label or vm.name))
+    return out, size
 
 
 def _probe_shared(ctx: Context, sources: list[str],

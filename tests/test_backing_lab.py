@@ -4,10 +4,12 @@ The lab makes qcow2 disks without backing files; this test gives three VMs' disk
 on the old host (each VM powered off for it, then started again), as an old host's disks may
 have: a chain of two for ``carry`` (a relative name, then an absolute one), a base the new host
 already holds, the same, for ``present``, and a base the new host holds with other bytes for
-``differs``; ``linky``'s base is a symbolic link. What a user notices: ``carry`` and ``present``
+``differs``; ``linky``'s base is a symbolic link; ``leech``'s disk lies over ``donor``'s disk
+(left off: ``donor`` holds it for writing). What a user notices: ``carry`` and ``present``
 run on the new host on the same bytes (their disks and their backing files); ``differs`` is
 refused before its disk is swapped in, its disk intact on the old host and the new host's file
-untouched; ``linky`` is refused by the preflight, before anything changes; no disk is left
+untouched; ``linky`` and ``donor`` are refused by the preflight, before anything changes (moving
+``donor`` would take ``leech``'s backing file away); no disk is left
 pointing at a missing backing file, and the transfer's result says which backing files went
 where.
 """
@@ -44,7 +46,7 @@ os = "centos-6.4"
 name = "{name}"
 host = "old-a"
 disks = [{{ size_mib = 32, format = "qcow2", data_mib = 2 }}]
-""" for name in ("carry", "present", "differs", "linky"))
+""" for name in ("carry", "present", "differs", "linky", "donor", "leech"))
 
 VIRSH = ["virsh", "-c", "qemu:///system"]
 
@@ -76,7 +78,8 @@ def overlay(sh: Shell, disk: str, backing: str, backing_fmt: str, pattern: int) 
 def prepare(st: LabState) -> dict[str, list[str]]:
     """Give the VMs' disks their backing files; returns each VM's chain, disk first."""
     src, dst = shell(st, "old-a"), shell(st, "new-a")
-    disk = {v: st.vm(v)["disks"][0]["path"] for v in ("carry", "present", "differs", "linky")}
+    disk = {v: st.vm(v)["disks"][0]["path"]
+            for v in ("carry", "present", "differs", "linky", "donor", "leech")}
     for vm in disk:
         src.run([*VIRSH, "destroy", vm])
     # carry: disk -> tmpl/mid.qcow2 (relative) -> /var/lib/virt/tmpl/root.raw (absolute)
@@ -99,12 +102,16 @@ def prepare(st: LabState) -> dict[str, list[str]]:
     raw_base(src, f"{TMPL}/real.raw", 5)
     src.run(["ln", "-s", "real.raw", f"{TMPL}/link.raw"])
     overlay(src, disk["linky"], f"{TMPL}/link.raw", "raw", 85)
+    # leech: over the disk of another VM, donor
+    overlay(src, disk["leech"], disk["donor"], "qcow2", 102)
     for vm in disk:
-        src.run([*VIRSH, "start", vm])
+        if vm != "leech":
+            src.run([*VIRSH, "start", vm])
     return {"carry": [disk["carry"], f"{TMPL}/mid.qcow2", f"{TMPL}/root.raw"],
             "present": [disk["present"], f"{TMPL}/shared.raw"],
             "differs": [disk["differs"], f"{TMPL}/other.raw"],
-            "linky": [disk["linky"], f"{TMPL}/link.raw"]}
+            "linky": [disk["linky"], f"{TMPL}/link.raw"],
+            "donor": [disk["donor"]], "leech": [disk["leech"], disk["donor"]]}
 
 
 def chain_on(sh: Shell, disk: str) -> list[str]:
@@ -130,6 +137,8 @@ def test_backing_files_travel_with_their_disks_or_the_vm_is_refused(make_lab) ->
     assert f"has the backing file {TMPL}/mid.qcow2" in out, out
     assert f"has the backing file {TMPL}/root.raw" in out
     assert f"the backing file {TMPL}/link.raw of {chains['linky'][0]} is a symbolic link" in out
+    assert (f"{chains['donor'][0]} is the backing file of {chains['leech'][0]} (domain leech): "
+            "moving it would leave that disk without it") in out
 
     res = rehost("run", "-c", str(st.site_config), "--vm", "carry", "--vm", "present",
                  "--vm", "differs")
@@ -162,9 +171,12 @@ def test_backing_files_travel_with_their_disks_or_the_vm_is_refused(make_lab) ->
     assert not dst.exists(chains["differs"][0])
     assert not dst.exists(chains["differs"][0] + "_BACK")
     assert sha1(src, chains["differs"][0] + "_BACK") == before[chains["differs"][0]]
-    # linky was not asked for, and would have been refused: it runs where it was, untouched
-    assert rows.get("linky") is None
-    assert src.run([*VIRSH, "domstate", "linky"]).stdout.strip() == "running"
+    # linky and donor were not asked for, and would have been refused: they run where they
+    # were, untouched
+    for vm in ("linky", "donor"):
+        assert rows.get(vm) is None
+        assert src.run([*VIRSH, "domstate", vm]).stdout.strip() == "running"
+        assert sha1(src, chains[vm][0]) == before[chains[vm][0]]
     # the old host keeps every backing file (other VMs may use them)
     for chain in chains.values():
         for path in chain[1:]:

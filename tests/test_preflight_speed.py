@@ -15,8 +15,9 @@ from loguru import logger
 
 from rehost.core.errors import HypervisorError, RemoteError
 from rehost.core.facts import read_host
-from rehost.core.model import VM, Disk, Finding, Host, HostFacts
+from rehost.core.model import VM, Disk, Finding, Host, HostFacts, StrategyRecord
 from rehost.core.remote import FileStat, Shell
+from rehost.hooks import hookimpl
 from rehost.plugins import preflight
 from rehost.plugins.storage.scp import ScpCopy
 from rehost.plugins.storage.tar import TarSparseCopy
@@ -120,12 +121,15 @@ class FakeHypervisor:
         self.host = host
         self.world = world
 
-    def disks(self, name: str) -> list[Disk]:
+    def domains(self) -> list[Any]:
+        return [SimpleNamespace(name=n) for n, h in self.world.placed.items() if h == self.host]
+
+    def disks(self, name: str, inactive: bool = False) -> list[Disk]:
         with self.world.lock:
             self.world.calls.append((self.host, "disks"))
         if name in self.world.broken_vms:
             raise HypervisorError(f"libvirt on {self.host}: cannot find domain {name!r}")
-        return [Disk(target="vda", source=f"/var/lib/virt/{name}-disk0")]
+        return [Disk(target="vda", source=f"/var/lib/virt/{name}-disk0", format="raw")]
 
 
 class World:
@@ -139,7 +143,9 @@ class World:
         self.down = down or set()
         self.no_libvirt = no_libvirt or set()
         self.broken_vms = broken_vms or set()
-        self.markers: set[tuple[str, str]] = set()  # (host, path): separate datastores
+        # (host, path): separate datastores
+        self.markers: set[tuple[str, str]] = set()
+        self.placed = {"web": "c5-a", "db": "c5-a", "mail": "c5-b"}
         self.files = {
             "c5-a": {"/var/lib/virt/web-disk0": (256 << 20, 8 << 20),
                      "/var/lib/virt/db-disk0": (128 << 20, 4 << 20)},
@@ -278,18 +284,73 @@ def test_a_disk_that_is_nowhere_is_said_as_before() -> None:
 
 # -- the campaign: a connection a finished thread opened goes to the next thread -------------
 
+SITE = """
+[campaign]
+name = "speed"
+state_dir = "{state}"
+report_dir = "{reports}"
 
-def test_a_connection_left_by_a_finished_thread_is_taken_over(tmp_path: Path) -> None:
+[hosts.old]
+address = "198.18.250.10"
+role = "source"
+{uri}
+
+[hosts.new]
+address = "198.18.250.11"
+role = "target"
+
+[control]
+strategy = "test-control"
+
+[storage]
+strategy = "test-storage"
+
+[allocation]
+strategy = "test-fence"
+
+[report]
+formats = []
+"""
+
+
+class Strategies:
+    """Registers a strategy of each kind that is never asked anything."""
+
+    @staticmethod
+    def _unused(kind: str) -> type:
+        from rehost.core.strategies import KINDS
+
+        base = KINDS[kind]
+        return type(f"Unused{kind.title()}", (base,),
+                    {m: lambda self, *a, **k: None for m in base.__abstractmethods__})
+
+    @hookimpl
+    def rehost_control_planes(self) -> list[StrategyRecord]:
+        return [StrategyRecord("control", "test-control", "-", self._unused("control"))]
+
+    @hookimpl
+    def rehost_storage_strategies(self) -> list[StrategyRecord]:
+        return [StrategyRecord("storage", "test-storage", "-", self._unused("storage"))]
+
+    @hookimpl
+    def rehost_allocation_strategies(self) -> list[StrategyRecord]:
+        return [StrategyRecord("allocation", "test-fence", "-", self._unused("allocation"))]
+
+
+def _campaign(tmp_path: Path, uri: str = "") -> Any:
     from rehost.core.campaign import Campaign
     from rehost.core.config import parse_config
-    from tests.test_pipeline import SITE, Performer, build_plugin_manager
+    from rehost.core.plugins import build_plugin_manager
 
-    site = SITE.replace('address = "198.18.250.10"',
-                        'address = "198.18.250.10"\nuri = "test:///default"')
-    (tmp_path / "site.toml").write_text(site)
-    manager = build_plugin_manager(builtins=["notify"], entry_points=False,
-                                   extra=[(Performer([]), "performer")])
-    ctx = Campaign(parse_config(site, str(tmp_path / "site.toml")), manager)
+    site = SITE.format(state=tmp_path / "state", reports=tmp_path / "reports", uri=uri)
+    manager = build_plugin_manager(builtins=[], entry_points=False,
+                                   extra=[(Strategies(), "strategies")])
+    return Campaign(parse_config(site, str(tmp_path / "site.toml")), manager)
+
+
+
+def test_a_connection_left_by_a_finished_thread_is_taken_over(tmp_path: Path) -> None:
+    ctx = _campaign(tmp_path, 'uri = "test:///default"')
     try:
         box: list[Any] = []
         hold, release = threading.Event(), threading.Event()
@@ -317,14 +378,9 @@ def test_a_connection_left_by_a_finished_thread_is_taken_over(tmp_path: Path) ->
 
 def test_facts_of_several_hosts_are_read_at_once(tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    from rehost.core.campaign import Campaign
-    from rehost.core.config import parse_config
     from rehost.core.hypervisor import Hypervisor
-    from tests.test_pipeline import SITE, Performer, build_plugin_manager
 
-    manager = build_plugin_manager(builtins=["notify"], entry_points=False,
-                                   extra=[(Performer([]), "performer")])
-    ctx = Campaign(parse_config(SITE, str(tmp_path / "site.toml")), manager)
+    ctx = _campaign(tmp_path)
     both = threading.Barrier(2, timeout=20)
     read: list[str] = []
 
@@ -345,3 +401,39 @@ def test_facts_of_several_hosts_are_read_at_once(tmp_path: Path,
         assert sorted(read) == ["new", "old"]
     finally:
         ctx.close()
+
+
+class Checks:
+    @hookimpl
+    def rehost_select_vms(self, ctx: Any) -> list[VM]:
+        return [VM("ABQ_1", "1", "web01")]
+
+    @hookimpl
+    def rehost_preflight(self, ctx: Any) -> list[Finding]:
+        return [Finding("critical", "friday", "it is Friday")]
+
+
+def test_the_preflight_says_where_its_time_went_and_leaves_the_hooks_as_they_were(
+        tmp_path: Path) -> None:
+    from rehost.core.campaign import Campaign
+    from rehost.core.config import parse_config
+    from rehost.core.pipeline import PreflightFailed, _preflight
+    from rehost.core.plugins import build_plugin_manager
+
+    site = SITE.format(state=tmp_path / "state", reports=tmp_path / "reports", uri="")
+    manager = build_plugin_manager(builtins=[], entry_points=False,
+                                   extra=[(Strategies(), "strategies"), (Checks(), "checks")])
+    ctx = Campaign(parse_config(site, str(tmp_path / "site.toml")), manager)
+    impls = manager.pm.hook.rehost_preflight.get_hookimpls()
+    before = [i.function for i in impls]
+    said: list[str] = []
+    sink = logger.add(lambda m: said.append(str(m)), level="INFO")
+    try:
+        with pytest.raises(PreflightFailed, match="it is Friday"):
+            _preflight(ctx, None)
+    finally:
+        logger.remove(sink)
+        ctx.close()
+    assert [i.function for i in impls] == before
+    line = next(m for m in said if "preflight in" in m)
+    assert "checks of checks" in line and "select vms" in line

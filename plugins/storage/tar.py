@@ -81,8 +81,8 @@ class TarSparseCopy(DatastoreStrategy):
             measure="allocated")
 
     def copy_one(self, source: Shell, path: str, target: Host) -> None:
-        """Copy ``path`` to the same path on ``target``, checked by nothing (kept for
-        subclasses written against it)."""
+        """Copy ``path`` to the same path on ``target`` without the stream's digest (what
+        arrived is then read to be checked). Kept for subclasses written against it."""
         self.copy_file(source, path, target)
 
     def copy_file(self, source: Shell, path: str, target: Host,
