@@ -61,6 +61,9 @@ BIND_DIRS: tuple[tuple[str, str], ...] = (
     ("/root/.ssh", "root-ssh"),
 )
 
+#: this machine's root's shell start-up file, hidden in each host (see start_host)
+RC_FILE = Path("/root/.bashrc")
+
 REQUIRED_COMMANDS: dict[str, str] = {
     "ip": "iproute2",
     "unshare": "util-linux",
@@ -120,6 +123,10 @@ class HostLayout:
     root: Path
     datastore_dir: Path  # the controller's path of the host's datastore
     datastore: str  # the datastore's path inside the host
+    #: a second datastore of the host's own, never shared (a VM deployed to a local disk):
+    #: its path inside the host ("" none) and the controller's path of it
+    local_datastore: str = ""
+    local_dir: Path | None = None
 
     @property
     def netns(self) -> str:
@@ -139,6 +146,10 @@ class HostLayout:
 
     def datastore_in_controller(self, path_in_host: str) -> Path:
         """The controller's path of a file the host sees at ``path_in_host``."""
+        if self.local_datastore and self.local_dir is not None:
+            rel = os.path.relpath(path_in_host, self.local_datastore)
+            if not rel.startswith(".."):
+                return self.local_dir / rel
         rel = os.path.relpath(path_in_host, self.datastore)
         if rel.startswith(".."):
             raise ValueError(f"{path_in_host!r} is not under the datastore {self.datastore!r}")
@@ -277,6 +288,8 @@ def prepare_host_files(h: HostLayout, release: str, lab_key: Path, known_hosts: 
     (ssh_dir / "config").write_text("Host *\n  StrictHostKeyChecking yes\n  BatchMode yes\n"
                                     "  IdentityFile /root/.ssh/id_ed25519\n")
     h.datastore_dir.mkdir(parents=True, exist_ok=True)
+    if h.local_dir is not None:
+        h.local_dir.mkdir(parents=True, exist_ok=True)
 
 
 def host_public_key(h: HostLayout) -> str:
@@ -287,6 +300,16 @@ def start_host(h: HostLayout) -> None:
     """Start virtlogd, libvirtd and sshd inside the host's namespaces."""
     mounts = [(str(h.path(sub)), inside) for inside, sub in BIND_DIRS]
     mounts.append((str(h.datastore_dir), h.datastore))
+    if h.local_datastore and h.local_dir is not None:
+        mounts.append((str(h.local_dir), h.local_datastore))
+    # the hosts share this machine's /root (all but .ssh): its .bashrc would run for every ssh
+    # command (bash reads it when sshd starts it). Where that starts a Python version manager
+    # (pyenv init: about 0.3 s a command) the lab would be far slower than a CentOS host, whose
+    # root runs no such thing: each host sees an empty one
+    if RC_FILE.is_file():
+        empty = h.path("root-bashrc")
+        empty.write_text("# a lab host runs none of this machine's shell start-up files\n")
+        mounts.append((str(empty), str(RC_FILE)))
     script = ["set -e"]
     for i in range(len(mounts)):
         # "$1".."$N" pairs: paths are data, passed as arguments, never pasted into the script
