@@ -301,8 +301,13 @@ class AbiquoClient:
 
     def machines(self, rack: Rack | None = None) -> list[Machine]:
         """The machines of a rack, or of every rack of every datacenter."""
+        return [m for _, m in self.racked_machines(rack)]
+
+    def racked_machines(self, rack: Rack | None = None) -> list[tuple[Rack, Machine]]:
+        """Each machine of a rack, or of every rack of every datacenter, with the rack it
+        stands in (datacenter -> racks -> machines: a machine is listed under its rack)."""
         racks = [rack] if rack else [r for dc in self.datacenters() for r in self.racks(dc)]
-        return [parse(Machine, m) for r in racks
+        return [(r, parse(Machine, m)) for r in racks
                 for m in self.collection(r.href("machines"), "machines")]
 
     def machine(self, href: str) -> Machine:

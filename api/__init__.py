@@ -14,8 +14,8 @@ change. ``docs/plugin-guide.md`` walks through a storage strategy, a notifier an
 * what each stage returns (:class:`LocateResult` ... :class:`RollbackResult`), the records
   they hold, and :class:`Context` (what ``ctx`` offers);
 * the strategy kinds (:class:`StorageStrategy`, :class:`AllocationStrategy`,
-  :class:`ControlPlane`), offered as :class:`StrategyRecord`; a plugin's own settings as
-  :class:`PluginSettings`;
+  :class:`ControlPlane`, :class:`BackupStrategy`), offered as :class:`StrategyRecord`; a
+  plugin's own settings as :class:`PluginSettings`;
 * for file disks on datastores: :class:`DatastoreStrategy` and its helpers
   (:func:`backup_path`, :func:`source_host`, :func:`target_host`, :func:`shell_safe`,
   :func:`same_datastore`);
@@ -28,11 +28,15 @@ from __future__ import annotations
 
 from rehost.api.datastore import (
     BACK_SUFFIX,
+    DIGEST_PY,
+    PY_LAUNCH,
+    STAGING_SUFFIX,
     DatastoreStrategy,
     backup_path,
     same_datastore,
     shell_safe,
     source_host,
+    staging_path,
     target_host,
 )
 from rehost.core.errors import (
@@ -46,7 +50,13 @@ from rehost.core.errors import (
 )
 from rehost.core.hypervisor import parse_centos_release
 from rehost.core.remote import Shell, quote_argv
-from rehost.core.strategies import AllocationStrategy, ControlPlane, StorageStrategy, Strategy
+from rehost.core.strategies import (
+    AllocationStrategy,
+    BackupStrategy,
+    ControlPlane,
+    StorageStrategy,
+    Strategy,
+)
 from rehost.core.types import (
     CAMPAIGN_STAGES,
     VM,
@@ -93,8 +103,10 @@ from rehost.core.types import (
 from rehost.hooks import hookimpl
 
 __all__ = [
-    "BACK_SUFFIX", "CAMPAIGN_STAGES", "VM", "VM_STAGES", "AllocationStrategy",
-    "AwaitUndeployedResult", "BackupDisksResult", "BackupXmlResult", "CleanupResult",
+    "BACK_SUFFIX", "CAMPAIGN_STAGES", "DIGEST_PY", "PY_LAUNCH", "STAGING_SUFFIX", "VM",
+    "VM_STAGES", "AllocationStrategy",
+    "AwaitUndeployedResult", "BackupDisksResult", "BackupStrategy", "BackupXmlResult",
+    "CleanupResult",
     "ConfigError", "Context", "ControlPlane", "ControlPlaneError", "DatastoreStrategy",
     "DeployResult", "Disk", "DiskBackup", "DiskCheck", "FenceResult", "Finding", "Host",
     "HostFacts", "HypervisorError", "LocateResult", "Need", "NotifyResult", "PluginError",
@@ -104,5 +116,5 @@ __all__ = [
     "StorageStrategy", "Strategy", "StrategyRecord", "SwapResult", "SwappedDisk", "TargetLoad",
     "TransferResult", "UndefineResult", "UnfenceResult", "VerifyResult", "XmlChange",
     "backup_path", "hookimpl", "parse_centos_release", "quote_argv", "same_datastore",
-    "shell_safe", "source_host", "target_host",
+    "shell_safe", "source_host", "staging_path", "target_host",
 ]

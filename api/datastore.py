@@ -47,6 +47,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from rehost.core.errors import ConfigError, PreconditionError, RehostError, RemoteError
+from rehost.core.remote import quote_argv
 from rehost.core.strategies import StorageStrategy
 from rehost.core.types import (
     VM,
@@ -56,11 +57,13 @@ from rehost.core.types import (
     DiskCheck,
     Finding,
     Host,
+    PrecopyResult,
     PreservedDisk,
     PreserveResult,
     RemovedDisk,
     RemoveNewDisksResult,
     Sample,
+    StagedDisk,
     SwappedDisk,
     SwapResult,
     TransferResult,
@@ -71,6 +74,9 @@ if TYPE_CHECKING:
     from rehost.core.remote import Shell
 
 BACK_SUFFIX = "_BACK"
+#: a disk ``X`` pre-copied while its VM ran is staged on the target host as ``X`` + this
+#: (never the name of the user's disk, of its backup, or of what a deploy puts at ``X``)
+STAGING_SUFFIX = ".rehost-precopy"
 
 #: the block size of verify = "size" samples
 SAMPLE_BLOCK = 1 << 20
@@ -90,7 +96,7 @@ SPARSE = "sparse-"
 #: stream that must hold the one file NAME; nothing is passed on before NAME's headers are
 #: checked; print the digest and size of the file as it flowed). Exit status 3: refused (the
 #: message says why); otherwise the unpacker's own.
-DIGEST_PY = r'''import os, struct, sys
+DIGEST_PY = r'''import os, struct, sys, time
 B = 65536
 CH = 16 * B
 NUL = '\0'.encode('ascii')
@@ -418,11 +424,170 @@ def untar(algo, name, argv):
     return result
 
 
+class Pace:
+    """At most ``mib`` MiB a second through :meth:`spend` (0: no limit)."""
+
+    def __init__(self, mib):
+        self.rate = float(mib) * 1048576
+        self.t0 = time.time()
+        self.n = 0
+
+    def spend(self, n):
+        if self.rate <= 0:
+            return
+        self.n = self.n + n
+        ahead = self.n / self.rate - (time.time() - self.t0)
+        if ahead > 0:
+            time.sleep(ahead)
+
+
+#: the block stream of ``send`` and ``recv``: this line, the file's size ('>Q'), then records
+#: ('>BQI': kind, offset, length): 1 data (the bytes follow), 2 zeros, 3 the end
+BLOCKS = 'rehost-blocks-1\n'.encode('ascii')
+REC = '>BQI'
+RECLEN = 13
+
+
+def blocks_of(fd, size, path):
+    """(offset, bytes) of each 64 KiB block that may hold data, in order, each once."""
+    pos = 0
+    for start, end in data_ranges(fd, size):
+        start = max(pos, (start // B) * B)
+        end = min(size, -(-end // B) * B)
+        if start >= end:
+            continue
+        os.lseek(fd, start, 0)
+        pos = start
+        while pos < end:
+            data = os.read(fd, min(CH, end - pos))
+            if not data:
+                raise Bad('%s is shorter than its size' % path)
+            k = 0
+            while k < len(data):
+                yield pos + k, data[k:k + B]
+                k = k + B
+            pos = pos + len(data)
+
+
+def block_sum(algo, data):
+    h = new(algo)
+    h.update(data)
+    return h.hexdigest()
+
+
+def send(algo, path, mib, mode):
+    """Write the block stream of ``path`` to stdout: every block holding data (``full``), or
+    (``delta``) the blocks whose sum differs from the one stdin lists for them ("N SUM" lines,
+    the sums of what was sent before), and zeros for a listed block that holds none now."""
+    sums = {}
+    if mode == 'delta':
+        for line in sys.stdin.read().split('\n'):
+            parts = line.split()
+            if len(parts) == 2:
+                sums[int(parts[0])] = parts[1]
+    elif mode != 'full':
+        raise Bad('unknown send mode ' + mode)
+    fd = os.open(path, os.O_RDONLY)
+    size = os.fstat(fd).st_size
+    pace = Pace(mib)
+    write_all(1, BLOCKS + struct.pack('>Q', size))
+    for off, data in blocks_of(fd, size, path):
+        i = off // B
+        zero = data == ZB[:len(data)]
+        if mode == 'delta':
+            old = sums.get(i)
+            if old is not None:
+                del sums[i]
+            if zero:
+                if old is not None:
+                    write_all(1, struct.pack(REC, 2, off, len(data)))
+                continue
+            if block_sum(algo, data) == old:
+                continue
+        elif zero:
+            continue
+        write_all(1, struct.pack(REC, 1, off, len(data)))
+        write_all(1, data)
+        pace.spend(len(data) + RECLEN)
+    for i in sorted(sums.keys()):
+        # it held data when it was sent; it lies in a hole now
+        off = i * B
+        if off < size:
+            write_all(1, struct.pack(REC, 2, off, min(B, size - off)))
+    write_all(1, struct.pack(REC, 3, 0, 0))
+    os.close(fd)
+    return None
+
+
+def drop(data):
+    pass
+
+
+def recv(algo, path, mode):
+    """Apply the block stream on stdin to ``path``: a new sparse file (``full``; prints the sum
+    of each block received, "N SUM"), or the file there (``delta``; prints the file's digest and
+    size once written). First line printed: "received BYTES SIZE"."""
+    src = Stream(drop)
+    src.release()
+    if src.take(len(BLOCKS)) != BLOCKS:
+        raise Bad('not a block stream')
+    size = struct.unpack('>Q', src.take(8))[0]
+    if mode == 'full':
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 384)
+    elif mode == 'delta':
+        fd = os.open(path, os.O_WRONLY)
+    else:
+        raise Bad('unknown recv mode ' + mode)
+    os.ftruncate(fd, size)
+    lines = []
+    got = 0
+    while 1:
+        kind, off, n = struct.unpack(REC, src.take(RECLEN))
+        if kind == 3:
+            break
+        if off + n > size or n > B:
+            raise Bad('a block beyond the end of the file')
+        os.lseek(fd, off, 0)
+        if kind == 1:
+            data = src.take(n)
+            write_all(fd, data)
+            got = got + n
+            if mode == 'full':
+                lines.append('%d %s' % (off // B, block_sum(algo, data)))
+        elif kind == 2:
+            write_all(fd, ZB[:n])
+        else:
+            raise Bad('a record of an unknown kind in the block stream')
+    os.fsync(fd)
+    os.close(fd)
+    head = 'received %d %d' % (got, size)
+    if mode == 'full':
+        return '\n'.join([head] + lines)
+    return '%s\n%s %d' % ((head,) + digest_file(algo, path))
+
+
+def throttle(mib):
+    """stdin to stdout, at most ``mib`` MiB a second."""
+    pace = Pace(mib)
+    while 1:
+        data = os.read(0, CH)
+        if not data:
+            return None
+        write_all(1, data)
+        pace.spend(len(data))
+
+
 def main(args):
     mode, algo = args[0], args[1]
+    if mode == 'throttle':
+        return throttle(algo)
     new(algo)
     if mode == 'probe':
         return 'ok'
+    if mode == 'send':
+        return send(algo, args[2], args[3], args[4])
+    if mode == 'recv':
+        return recv(algo, args[2], args[3])
     if mode == 'file':
         return '%s %d' % digest_file(algo, args[2])
     if mode == 'untar':
@@ -434,7 +599,9 @@ def main(args):
 
 
 try:
-    sys.stdout.write(main(sys.argv[1:]) + '\n')
+    said = main(sys.argv[1:])
+    if said is not None:
+        sys.stdout.write(said + '\n')
 except Bad:
     sys.stderr.write('rehost: %s\n' % sys.exc_info()[1])
     sys.exit(3)
@@ -448,6 +615,27 @@ except (OSError, IOError, ValueError):
 PY_LAUNCH = ('s=$1; shift; for p in python3 python python2; do '
              'if command -v "$p" >/dev/null 2>&1; then exec "$p" -c "$s" "$@"; fi; done; '
              'echo "rehost: no python on this host (python3, python or python2)" >&2; exit 127')
+
+
+#: ``sh -c`` script on the source host: ``$1`` user@host, ``$2`` the target's command (quoted for
+#: its shell), ``$3`` :data:`PY_LAUNCH`, then :data:`DIGEST_PY` and its arguments (a ``send``):
+#: the sender's block stream goes through ssh into the target's command, whose output comes back
+#: on stdout; the sender's own status comes back through fd 4 (no pipefail on CentOS 5).
+BLOCK_PIPE = ('d=$1; r=$2; l=$3; shift 3; exec 3>&1; '
+              'st=$( { { sh -c "$l" rehost-digest "$@"; echo "$?" >&4; } '
+              '| ssh -o BatchMode=yes -- "$d" "$r" >&3; } 4>&1 ); rc=$?; '
+              '[ "$rc" = 0 ] || exit "$rc"; '
+              '[ "$st" = 0 ] || { echo "rehost: the sender exited with $st on the source host" '
+              '>&2; exit 1; }')
+
+RECEIVED = re.compile(r"^received (\d+) (\d+)$", re.M)
+
+
+def staging_path(disk: Disk) -> str:
+    """Where a pre-copy stages ``disk`` on the target host: ``X.rehost-precopy``."""
+    if not disk.source:
+        raise PreconditionError(f"disk {disk.target} has no source path")
+    return disk.source + STAGING_SUFFIX
 
 
 def digest_argv(mode: str, *args: str) -> list[str]:
@@ -599,6 +787,11 @@ class DatastoreStrategy(StorageStrategy):
     #: checked; the strategy implements :meth:`copy_file`), ``check`` (they must be on the
     #: target already, the same), ``refuse`` (a VM with one is refused before its power-off)
     backing_files = "refuse"
+    #: the strategy can pre-copy (``storage.options.precopy = true``): its transfer goes through
+    #: :meth:`copy_disks`, which uses what :meth:`precopy` staged
+    precopies = False
+    #: ``precopy = "auto"`` (the default) pre-copies with this strategy
+    precopy_auto = False
 
     def __init__(self, options: dict[str, Any] | None = None) -> None:
         super().__init__(options)
@@ -621,6 +814,26 @@ class DatastoreStrategy(StorageStrategy):
             raise ConfigError(f"storage.options.digest: choose sparse or whole, not {digest!r}")
         #: the fingerprint's algorithm: ``sparse-sha1`` (see the module) or ``sha1``
         self.content_algorithm = (SPARSE if digest == "sparse" else "") + self.checksum
+        precopy = self.options.pop("precopy", "auto")
+        if precopy not in (True, False, "auto"):
+            raise ConfigError(f'storage.options.precopy: choose true, false or "auto", '
+                              f"not {precopy!r}")
+        if precopy is True and not self.precopies:
+            raise ConfigError(f"storage.options.precopy: the {self.name} strategy does not "
+                              "pre-copy (it copies nothing, or not through rehost's copy)")
+        #: True, False or "auto" (see :meth:`precopy`)
+        self.precopy_mode: bool | str = precopy
+        least = self.options.pop("precopy_min_mib", 64)
+        if not isinstance(least, int) or isinstance(least, bool) or least < 0:
+            raise ConfigError(f"storage.options.precopy_min_mib: a whole number of MiB, 0 or "
+                              f"more, not {least!r}")
+        self.precopy_min = least << 20
+        cap = self.options.pop("bwlimit_mib", 0)
+        if not isinstance(cap, (int, float)) or isinstance(cap, bool) or cap < 0:
+            raise ConfigError(f"storage.options.bwlimit_mib: MiB a second for each copy (0: no "
+                              f"cap), not {cap!r}")
+        #: MiB a second each copy may send (0: no cap)
+        self.bwlimit = float(cap)
         # backing files: their digests on the source hosts, the copies checked on targets,
         # and one copy at a time of each file to each target (VMs move in parallel)
         self._digests: dict[tuple[str, str, int], str] = {}
@@ -949,7 +1162,210 @@ class DatastoreStrategy(StorageStrategy):
                 if there.exists(leftover):
                     there.remove(leftover)
                     steps.append(f"removed the copy {leftover} on {host}")
+        return steps + self.discard_staging(vm, ctx)
+
+    def discard_staging(self, vm: VM, ctx: Context) -> list[str]:
+        """Remove what :meth:`precopy` staged on the predicted target host (the stage's
+        record says where). Only files named ``X.rehost-precopy``: never a disk."""
+        pre = vm.fact(PrecopyResult)
+        if pre is None or not pre.host or not pre.staged:
+            return []
+        there = ctx.shell(pre.host)
+        steps = []
+        for item in pre.staged:
+            if item.staging.endswith(STAGING_SUFFIX) and there.exists(item.staging):
+                there.remove(item.staging)
+                steps.append(f"removed the staged copy {item.staging} on {pre.host}")
         return steps
+
+    # -- pre-copy -----------------------------------------------------------------------------
+
+    def block_algorithm(self) -> str:
+        """The hash of a pre-copy's block sums and of the digest after its delta: the
+        fingerprint's when it is a sparse digest, else sha1 (every host's Python has it)."""
+        if self.content_algorithm.startswith(SPARSE):
+            return self.content_algorithm[len(SPARSE):]
+        return "sha1"
+
+    def send_blocks(self, source: Shell, path: str, target: Host, dest: str, mode: str,
+                    sums: str = "") -> str:
+        """Send ``path`` on ``source``'s host to ``dest`` on ``target`` as a block stream of
+        :data:`DIGEST_PY`, host to host, at most :attr:`bwlimit` MiB a second: every block
+        that holds data into a new sparse file (``full``), or (``delta``) the blocks whose sum
+        is not the one ``sums`` lists, into the file there. Returns what the target printed
+        (``full``: "received BYTES SIZE" and the sum of each block; ``delta``: that line and
+        the digest of ``dest`` once written)."""
+        algo = self.block_algorithm()
+        recv = digest_argv("recv", algo, dest, mode)
+        out = source.run(["sh", "-c", BLOCK_PIPE, "rehost-blocks",
+                          f"{target.ssh_user}@{target.address}", quote_argv(recv), PY_LAUNCH,
+                          DIGEST_PY, "send", algo, path, f"{self.bwlimit:g}", mode],
+                         input=sums, timeout=float(getattr(self, "timeout", 6 * 3600)))
+        return out.stdout
+
+    def sums_file(self, ctx: Context, vm: VM, disk: Disk) -> Any:
+        """The block sums of what :meth:`precopy` sent of ``disk`` (in the state directory)."""
+        return ctx.vm_dir(vm) / f"precopy-{disk.target}.sums"
+
+    def precopy_off(self, vm: VM, ctx: Context) -> str | None:
+        """Why this VM is not pre-copied (``None``: it is)."""
+        if not self.precopies:
+            return f"the storage strategy {self.name!r} does not pre-copy"
+        if self.precopy_mode is False:
+            return "pre-copy is off (storage.options.precopy = false)"
+        if self.precopy_mode == "auto" and not self.precopy_auto:
+            return (f"pre-copy is not on by default for the {self.name} strategy "
+                    "(storage.options.precopy = true turns it on)")
+        if not vm.file_disks():
+            return "the VM has no file disks"
+        if self.precopy_mode == "auto":
+            sh = ctx.shell(source_host(vm))
+            data = sum(sh.stat(d.source or "").allocated for d in vm.file_disks()
+                       if sh.exists(d.source or ""))
+            if data < self.precopy_min:
+                return (f"its disks hold {data >> 20} MiB, less than "
+                        f"storage.options.precopy_min_mib ({self.precopy_min >> 20}): a cold "
+                        "copy takes about as long as the delta would")
+        return None
+
+    def precopy(self, vm: VM, ctx: Context) -> PrecopyResult:
+        """While the VM runs: copy each file disk ``X`` to ``X.rehost-precopy`` on the host
+        the control plane predicts it will land on (:meth:`ControlPlane.predict_target`), thin
+        as on the source, and keep the sum of each 64 KiB block sent (in the state directory).
+        :meth:`copy_disks` then sends only the blocks that changed. A copy that fails leaves
+        no staging file."""
+        why = self.precopy_off(vm, ctx)
+        if why is not None:
+            return PrecopyResult(skipped=why, strategy=self.name)
+        try:
+            host = ctx.control.predict_target(vm, ctx)
+        except RehostError as exc:
+            return PrecopyResult(skipped=f"no target host can be predicted: {exc}",
+                                 strategy=self.name)
+        if host is None:
+            return PrecopyResult(skipped=f"the control plane {ctx.config.control.strategy!r} "
+                                         "cannot tell where the VM will land",
+                                 strategy=self.name)
+        ctx.control.guard_target(ctx, host)
+        src = source_host(vm)
+        if host == src:
+            return PrecopyResult(skipped=f"the predicted host {host} is its source host",
+                                 strategy=self.name)
+        source, there = ctx.shell(src), ctx.shell(host)
+        target = ctx.host(host)
+        foreign = self._disks_on(ctx, host)
+        staged: list[StagedDisk] = []
+        for disk in vm.file_disks():
+            path, staging = disk.source or "", staging_path(disk)
+            if not source.exists(path):
+                continue  # preserved already (a run that stopped later): nothing to stage
+            if staging in foreign:
+                return PrecopyResult(skipped=f"{staging} on {host} is a disk of the domain "
+                                             f"{foreign[staging]}: nothing staged",
+                                     strategy=self.name, host=host, staged=staged)
+            there.run(["mkdir", "-p", "--", posixpath.dirname(path)])
+            t0 = time.monotonic()
+            try:
+                out = self.send_blocks(source, path, target, staging, "full")
+            except BaseException:
+                try:
+                    there.remove(staging)
+                except RehostError as exc:
+                    ctx.log.warning("{}: the partial staged copy {} on {} stays: {}",
+                                    vm.name, staging, host, exc)
+                raise
+            found = RECEIVED.search(out)
+            if found is None:
+                there.remove(staging)
+                raise PreconditionError(f"{staging} on {host}: the pre-copy did not say what "
+                                        f"arrived ({out[-200:]!r})")
+            sums = "\n".join(ln for ln in out.splitlines() if ln and ln[0].isdigit()) + "\n"
+            self.sums_file(ctx, vm, disk).write_text(sums)
+            staged.append(StagedDisk(path=path, staging=staging, size=int(found.group(2)),
+                                     bytes=int(found.group(1)),
+                                     seconds=round(time.monotonic() - t0, 3)))
+        return PrecopyResult(host=host, strategy=self.name, staged=staged)
+
+    @staticmethod
+    def _disks_on(ctx: Context, host: str) -> dict[str, str]:
+        """The file disks of the domains defined on ``host``: path -> domain."""
+        hv = ctx.hypervisor(host)
+        return {d.source: dom.name for dom in hv.domains()
+                for d in hv.disks(dom.name, inactive=True) if d.is_file and d.source}
+
+    def copy_staged(self, vm: VM, ctx: Context, disk: Disk) -> tuple[DiskCheck | None, str]:
+        """The transfer of a disk :meth:`precopy` staged: when the VM landed on the host
+        holding the staged copy, only the blocks that changed since are sent into it, the
+        whole copy's digest is compared with the fingerprint, and it becomes ``X_BACK``
+        there. Returns the check, or ``None`` and why the disk is to be copied in full (the
+        staged copy is then gone). ``(None, "")``: the disk was not staged."""
+        pre = vm.fact(PrecopyResult)
+        item = next((s for s in (pre.staged if pre else []) if s.path == disk.source), None)
+        if pre is None or item is None or not pre.host:
+            return None, ""
+        tgt = target_host(vm, ctx)
+        if pre.host != tgt:
+            note = f"pre-copied to {pre.host} but deployed on {tgt}: copied in full"
+            try:
+                ctx.shell(pre.host).remove(item.staging)
+            except RehostError as exc:
+                note += f" (the staged copy {item.staging} there stays: {exc})"
+            return None, note
+        there = ctx.shell(tgt)
+        sums = self.sums_file(ctx, vm, disk)
+        if not there.exists(item.staging) or not sums.exists():
+            there.remove(item.staging)
+            return None, f"the staged copy {item.staging} on {tgt} is gone: copied in full"
+        back = backup_path(disk)
+        t0 = time.monotonic()
+        try:
+            out = self.send_blocks(ctx.shell(source_host(vm)), back, ctx.host(tgt),
+                                   item.staging, "delta", sums.read_text())
+            check = self._check_staged(vm, ctx, tgt, disk, item.staging, out)
+            there.rename(item.staging, back)
+        except PreconditionError as exc:
+            there.remove(item.staging)
+            return None, f"the staged copy on {tgt} was not the user's disk after the " \
+                         f"delta ({exc}): copied in full"
+        except BaseException:
+            # a copy cut short: no staged copy is trusted again, nor left behind
+            try:
+                there.remove(item.staging)
+            except RehostError:
+                pass
+            raise
+        found = RECEIVED.search(out)
+        delta = int(found.group(1)) if found else 0
+        check.path = back
+        check.bytes = delta
+        check.seconds = round(time.monotonic() - t0, 3)
+        check.precopied = True  # type: ignore[attr-defined]  # extra fields
+        check.delta_bytes = delta  # type: ignore[attr-defined]
+        check.precopy_bytes = item.bytes  # type: ignore[attr-defined]
+        check.precopy = f"pre-copied to {tgt}; the delta sent {delta} bytes"  # type: ignore[attr-defined]
+        return check, ""
+
+    def _check_staged(self, vm: VM, ctx: Context, host: str, disk: Disk, staging: str,
+                      out: str) -> DiskCheck:
+        """The staged copy after its delta is the user's disk: its size, and its digest
+        (printed by the target once the delta was written) against the fingerprint; a
+        fingerprint of another kind is checked by reading the copy again."""
+        preserved = vm.fact(PreserveResult)
+        rec = preserved.disk(disk.source) if preserved else None
+        if rec is None or not rec.checksum or rec.algorithm != SPARSE + self.block_algorithm():
+            return self.matches_user_disk(vm, ctx, host, disk, staging)
+        digest = parse_digest(out, host, staging)
+        st = ctx.shell(host).stat(staging)
+        if st.size != rec.size:
+            raise PreconditionError(f"{staging} on {host} is {st.size} bytes, the user's disk "
+                                    f"was {rec.size}")
+        if digest != rec.checksum:
+            raise PreconditionError(f"{staging} on {host} has {rec.algorithm} {digest}, the "
+                                    f"user's disk had {rec.checksum}")
+        out_check = DiskCheck(path=staging, size=st.size, allocated=st.allocated,
+                              checksum=digest, algorithm=rec.algorithm)
+        out_check.checked = "after the delta, on the target"  # type: ignore[attr-defined]
+        return out_check
 
     # -- helpers for strategies ---------------------------------------------------------------
 
@@ -983,6 +1399,10 @@ class DatastoreStrategy(StorageStrategy):
                     done.bytes, done.skipped = 0, "already on the target"
                     copied.append(self._with_backing(done, backing))
                     continue
+            staged, note = self.copy_staged(vm, ctx, disk)
+            if staged is not None:
+                copied.append(self._with_backing(staged, backing))
+                continue
             rec = preserved.disk(disk.source) if preserved else None
             total = int((getattr(rec, measure, None) or (rec.size if rec else 0)) or 0)
             t0 = time.monotonic()
@@ -997,6 +1417,10 @@ class DatastoreStrategy(StorageStrategy):
                 arrived = self.check_arrived(vm, ctx, tgt, disk)
             arrived.bytes = int(getattr(arrived, measure) or 0)
             arrived.seconds = round(time.monotonic() - t0, 3)
+            if note:
+                arrived.precopied = False  # type: ignore[attr-defined]  # extra fields
+                arrived.precopy = note  # type: ignore[attr-defined]
+                ctx.log.warning("{}: {}", vm.name, note)
             copied.append(self._with_backing(arrived, backing))
         result = self.copy_result(copied, started)
         if carried:

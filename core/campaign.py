@@ -31,7 +31,12 @@ from rehost.core.types import FenceResult
 
 if TYPE_CHECKING:
     from rehost.core.hypervisor import Hypervisor
-    from rehost.core.strategies import AllocationStrategy, ControlPlane, StorageStrategy
+    from rehost.core.strategies import (
+        AllocationStrategy,
+        BackupStrategy,
+        ControlPlane,
+        StorageStrategy,
+    )
 
 
 def _sweep_control_dirs() -> None:
@@ -72,7 +77,7 @@ class Campaign:
         self.dry_run = dry_run
         # a strategy that does not exist, a plugin setting or a report format that is wrong:
         # configuration errors, said before anything is written
-        for kind in ("control", "storage", "allocation"):
+        for kind in ("control", "storage", "allocation", "backup"):
             self.manager.strategy(kind, self._strategy_config(kind).strategy)
         self._settings = validate_plugin_settings(
             config, self.manager.settings_specs(), [i.name for i in self.manager.listing()])
@@ -149,11 +154,11 @@ class Campaign:
 
     def _strategy_config(self, kind: str) -> StrategyConfig:
         return {"storage": self.config.storage, "allocation": self.config.allocation,
-                "control": self.config.control}[kind]
+                "control": self.config.control, "backup": self.config.backup}[kind]
 
     def strategy(self, kind: str) -> Any:
         """The configured strategy object of a kind (``control``, ``storage``,
-        ``allocation``), built once."""
+        ``allocation``, ``backup``), built once."""
         with self._lock:
             if kind not in self._strategies:
                 cfg = self._strategy_config(kind)
@@ -175,6 +180,11 @@ class Campaign:
     def allocation(self) -> AllocationStrategy:
         allocation: AllocationStrategy = self.strategy("allocation")
         return allocation
+
+    @property
+    def backup(self) -> BackupStrategy:
+        backup: BackupStrategy = self.strategy("backup")
+        return backup
 
     # -- hosts --------------------------------------------------------------------------------
 

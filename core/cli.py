@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -91,7 +92,7 @@ def plugins_cmd(config_path: str | None, as_json: bool) -> None:
         block, files = list(cfg.plugins.block), list(cfg.plugins.files)
     manager = build_plugin_manager(block=block, plugin_files=files)
     strategies = {kind: manager.strategies(kind)
-                  for kind in ("control", "storage", "allocation")}
+                  for kind in ("control", "storage", "allocation", "backup")}
     settings = {s.plugin: {"section": s.where, "help": s.help,
                            "keys": sorted(s.model.model_fields)}
                 for s in manager.settings_specs()}
@@ -285,12 +286,16 @@ def status_cmd(config_path: str, as_json: bool) -> None:
             click.echo(f"no campaign has run yet (state directory {cfg.state_dir})")
         return
     journal = Journal(cfg.state_dir)
-    rows = journal.vm_rows()
-    journal.close()
+    try:
+        rows = journal.vm_rows()
+        backups = {r["name"]: _backups(journal, r["name"]) for r in rows}
+    finally:
+        journal.close()
     data = [{"name": r["name"], "uuid": r["uuid"], "label": r["vm"].get("label"),
              "status": r["status"], "stage": r["stage"], "error": r["error"],
              "source_host": r["vm"].get("source_host"),
-             "target_host": r["vm"].get("target_host")} for r in rows]
+             "target_host": r["vm"].get("target_host"),
+             "backups": backups[r["name"]]} for r in rows]
     if as_json:
         emit_json({"campaign": cfg.campaign.name, "active": active, "vms": data})
         return
@@ -304,6 +309,23 @@ def status_cmd(config_path: str, as_json: bool) -> None:
         click.echo(f"{d['label'] or d['name']:<16} {d['status']:<8} {d['stage'] or '-':<17} "
                    f"{d['source_host'] or '?'} -> {d['target_host'] or '?'}"
                    + (f"  {d['error']}" if d["error"] else ""))
+        for b in d["backups"] or []:
+            click.echo(f"    backup of {b['path']}: {b['host']}:{b['location']} ({b['state']})")
+
+
+def _backups(journal: Any, vm: str) -> list[dict[str, Any]] | None:
+    """The backups ``backup_disks`` made of a VM (None: none made), each with its state:
+    ``kept``, ``deleted`` (with X_BACK, ``backup.options.keep = false``) or ``deleted at
+    rehost confirm`` (not yet)."""
+    made = journal.finished_stages(vm).get("backup_disks") or {}
+    if made.get("skipped") or not made.get("backups"):
+        return None
+    deleted = journal.get(f"backup-deleted:{vm}")
+    state = ("kept" if made.get("kept", True) else "deleted" if deleted
+             else "deleted at rehost confirm")
+    return [{"path": b["path"], "host": b["host"], "location": b["location"],
+             "checksum": b.get("checksum"), "algorithm": b.get("algorithm"), "state": state}
+            for b in made["backups"]]
 
 
 @main.command("confirm")

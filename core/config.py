@@ -59,6 +59,15 @@ Example (every key the core reads; see README.md and `rehost lab up` for a worki
     strategy = "abiquo"
     [control.options]
 
+    [backup]                               # a copy of each disk before the window
+    strategy = "none"                      # "none" (the default) or "ssh" (`rehost plugins`)
+    [backup.options]                       # for "ssh":
+    host = "backup01"                      #   a host of [hosts], or "source" (each VM's own)
+    dir = "/srv/rehost-backups"            #   copies go to DIR/<vm>/<disk file name>
+    keep = true                            #   false: deleted with X_BACK (`rehost confirm`)
+    checksum = "sha1"                      #   md5 or sha1: the sparse digest of the stream
+    timeout = 21600                        #   seconds per disk
+
     [plugins]
     files = ["/etc/rehost/site_plugin.py"]
     block = []
@@ -105,8 +114,8 @@ from rehost.core.remote import SshOptions
 from rehost.core.types import PluginSettings
 
 #: The top-level tables of the core, in the order error messages list them.
-CORE_SECTIONS = ("campaign", "ssh", "hosts", "storage", "allocation", "control", "plugins",
-                 "report")
+CORE_SECTIONS = ("campaign", "ssh", "hosts", "storage", "allocation", "control", "backup",
+                 "plugins", "report")
 
 # Longer waits are typos (and overflow the timeouts of sockets and threads).
 _MAX_SECONDS = 7 * 24 * 3600.0
@@ -216,7 +225,8 @@ class ReportConfig(_Section):
     template_dir: ConfigPath | None = None
 
 
-_STRATEGY_DEFAULTS = {"storage": "tar", "allocation": "loadlevel", "control": "abiquo"}
+_STRATEGY_DEFAULTS = {"storage": "tar", "allocation": "loadlevel", "control": "abiquo",
+                      "backup": "none"}
 
 
 class _Document(BaseModel):
@@ -230,6 +240,7 @@ class _Document(BaseModel):
     storage: StrategyConfig
     allocation: StrategyConfig
     control: StrategyConfig
+    backup: StrategyConfig
     plugins: PluginsConfig
     report: ReportConfig
 
@@ -242,7 +253,7 @@ class _Document(BaseModel):
             return {**{key: {} for key in CORE_SECTIONS}, **data}
         return data
 
-    @field_validator("storage", "allocation", "control", mode="before")
+    @field_validator("storage", "allocation", "control", "backup", mode="before")
     @classmethod
     def _default_strategy(cls, value: Any, info: ValidationInfo) -> Any:
         # the default strategy differs per section; StrategyConfig itself has none
@@ -273,6 +284,8 @@ class SiteConfig:
     allocation: StrategyConfig = field(
         default_factory=lambda: StrategyConfig(strategy="loadlevel"))
     control: StrategyConfig = field(default_factory=lambda: StrategyConfig(strategy="abiquo"))
+    #: the backup before the window (``backup_disks``): "none" makes none
+    backup: StrategyConfig = field(default_factory=lambda: StrategyConfig(strategy="none"))
     plugins: PluginsConfig = field(default_factory=PluginsConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     #: top-level tables the core does not know, for the plugins that claim them
@@ -420,7 +433,7 @@ def parse_config(text: str, path: str = "<string>") -> SiteConfig:
     hosts = {name: Host(name=name, **h.model_dump()) for name, h in doc.hosts.items()}
     return SiteConfig(path=path, campaign=doc.campaign, ssh=ssh, hosts=hosts,
                       storage=doc.storage, allocation=doc.allocation, control=doc.control,
-                      plugins=doc.plugins, report=doc.report,
+                      backup=doc.backup, plugins=doc.plugins, report=doc.report,
                       sections=dict(doc.model_extra or {}), base_dir=base)
 
 

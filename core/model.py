@@ -136,7 +136,7 @@ class StrategyRecord:
     ``plugin`` is filled by the plugin manager with the name of the plugin that offered it.
     """
 
-    kind: Literal["storage", "allocation", "control"]
+    kind: Literal["storage", "allocation", "control", "backup"]
     name: str
     description: str
     factory: Callable[..., Any]

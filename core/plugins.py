@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import pluggy
 
 from rehost.core.errors import ConfigError, PluginError
-from rehost.core.strategies import KINDS, Strategy
+from rehost.core.strategies import KINDS, NoBackup, Strategy
 from rehost.core.types import (
     VM,
     Context,
@@ -178,6 +178,10 @@ class PluginManager:
                         f"{found[rec.name].plugin!r} and {plugin_name!r}"
                     )
                 found[rec.name] = rec
+        if kind == "backup" and "none" not in found:
+            # the default needs no plugin: a site that blocks every backup plugin still runs
+            found["none"] = StrategyRecord("backup", "none", "no backup of the disks before "
+                                           "the window (the default)", NoBackup, "rehost")
         return found
 
     def strategy(self, kind: str, name: str) -> StrategyRecord:
@@ -274,12 +278,13 @@ class Hooks:
 
     def strategy_offers(self, kind: str) -> list[tuple[str, list[Any]]]:
         """Each plugin's offer of strategies of a kind (``storage``, ``allocation``,
-        ``control``) with the plugin's name, so that a duplicate name can be reported with
-        both plugins."""
+        ``control``, ``backup``) with the plugin's name, so that a duplicate name can be
+        reported with both plugins."""
         caller = {
             "storage": self._hook.rehost_storage_strategies,
             "allocation": self._hook.rehost_allocation_strategies,
             "control": self._hook.rehost_control_planes,
+            "backup": self._hook.rehost_backup_strategies,
         }[kind]
         return self._per_plugin(caller)
 

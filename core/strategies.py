@@ -1,7 +1,7 @@
-"""The three kinds of strategy a site chooses in its config, as base classes.
+"""The kinds of strategy a site chooses in its config, as base classes.
 
 A plugin offers a strategy through a registry hook (``rehost_storage_strategies``,
-``rehost_allocation_strategies``, ``rehost_control_planes``) as a
+``rehost_allocation_strategies``, ``rehost_control_planes``, ``rehost_backup_strategies``) as a
 :class:`~rehost.core.model.StrategyRecord` whose ``factory(options)`` builds an instance of
 the kind's base class here; the plugin manager checks that it does. Every method that changes
 something checks its precondition first and is safe to run twice; every stage method returns
@@ -11,6 +11,8 @@ its result type from :mod:`rehost.core.types`.
 * :class:`AllocationStrategy`: how the control plane is made to place new deploys on targets.
 * :class:`ControlPlane`: which VMs move, where they are, how they are undefined, deployed,
   powered and put back (Abiquo; a site's own manager).
+* :class:`BackupStrategy`: how each disk is copied to a backup location before the window
+  (optional: ``none`` by default).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from rehost.core.disks import parse_disks
 from rehost.core.errors import ConfigError, PreconditionError
 from rehost.core.types import (
+    BackupDisksResult,
     BackupXmlResult,
     CleanupResult,
     Context,
@@ -138,6 +141,11 @@ class StorageStrategy(Strategy):
         on ``host`` (copies, a partial copy). Never the only copy. Returns the steps taken."""
         return []
 
+    def discard_staging(self, vm: VM, ctx: Context) -> list[str]:
+        """After a rollback: remove what :meth:`precopy` staged (never a disk of the user's).
+        Returns the steps taken."""
+        return []
+
 
 class AllocationStrategy(Strategy):
     """Makes the control plane place new deploys on the target hosts only, and puts that
@@ -200,6 +208,39 @@ class ControlPlane(Strategy):
                           memory_mib=facts.memory_mib,
                           free_bytes=facts.datastore_free_bytes or 0,
                           used_cpus=sum(c for c, _ in used), used_mib=sum(m for _, m in used))
+
+    def predict_target(self, vm: VM, ctx: Context) -> str | None:
+        """Where ``vm`` is expected to be deployed, asked while it still runs (the storage
+        strategy pre-copies its disks there). By default: the only target host that passes
+        :meth:`guard_target`, else the allocation strategy's ``choose_target`` among them as
+        libvirt shows them now (their CPUs, memory, datastore space and defined domains);
+        ``None`` when the allocation strategy cannot place VMs. A control plane that places
+        VMs itself may deploy elsewhere: the transfer then copies in full."""
+        targets = []
+        for h in ctx.config.targets():
+            try:
+                self.guard_target(ctx, h.name)
+            except PreconditionError:
+                continue
+            targets.append(h.name)
+        if len(targets) <= 1:
+            return targets[0] if targets else None
+        if not type(ctx.allocation).places():
+            return None
+        cpus, mib = ctx.hypervisor(_source(vm)).resources(vm.name)
+        size = sum(ctx.storage.space_needed(ctx, vm, d) for d in vm.file_disks())
+        loads = []
+        for name in targets:
+            facts = ctx.facts(name)
+            hv = ctx.hypervisor(name)
+            used = [hv.resources(d.name) for d in hv.domains()]
+            loads.append(TargetLoad(host=name, cpus=facts.cpus, memory_mib=facts.memory_mib,
+                                    free_bytes=facts.datastore_free_bytes or 0,
+                                    used_cpus=sum(c for c, _ in used),
+                                    used_mib=sum(m for _, m in used)))
+        found: str | None = ctx.allocation.choose_target(
+            vm, ctx, Need(cpus=cpus, memory_mib=mib, bytes=size), loads)
+        return found
 
     def rejoined(self, ctx: Context, host: str) -> None:
         """A host emptied by an evacuation is back as CentOS 6 (checked by the core): tell
@@ -284,9 +325,56 @@ class ControlPlane(Strategy):
         the storage strategy's ``secure_disks``, ``restore_disks`` and ``check_restored``."""
 
 
+class BackupStrategy(Strategy):
+    """Copies each file disk of a VM to a backup location before the window: the
+    ``backup_disks`` stage, after ``backup_xml`` and before the power-off, while the VM still
+    runs. A failure stops that VM there, before anything changes; the others go on.
+
+    ``backup`` must be safe to run twice (a campaign killed inside the stage runs it again)
+    and must not touch the VM's disks; the result names each copy
+    (:class:`~rehost.core.types.DiskBackup`). ``cleanup`` runs after the VM's own ``cleanup``
+    stage deleted its ``X_BACK`` (``rehost confirm``, ``--delete-backups``): it deletes the
+    copies unless the site keeps them (:attr:`keep`)."""
+
+    kind = "backup"
+    #: the copies outlive the campaign (``rehost confirm`` leaves them): reports say so
+    keep: bool = True
+
+    def where(self) -> str:
+        """Where the copies go, in words, for reports and ``rehost status`` ("" for none)."""
+        return ""
+
+    @abstractmethod
+    def backup(self, vm: VM, ctx: Context) -> BackupDisksResult:
+        """Copy every file disk of ``vm`` (``vm.file_disks()``, listed by ``backup_xml``)
+        to the backup location and verify each copy; raise (a :class:`PreconditionError`
+        saying what failed) when one cannot be made. The VM runs: nothing of it may change."""
+
+    def cleanup(self, vm: VM, ctx: Context, made: BackupDisksResult) -> list[str]:
+        """The VM is verified on its new host and its ``X_BACK`` were deleted: delete the
+        copies ``made`` unless they are kept. Returns the steps taken."""
+        return []
+
+
+class NoBackup(BackupStrategy):
+    """No backup before the window: ``[backup] strategy = "none"``, the default. The core
+    offers it itself (a campaign needs no backup plugin to run)."""
+
+    name = "none"
+
+    def __init__(self, options: dict[str, Any] | None = None) -> None:
+        super().__init__(options)
+        self.reject_unknown_options()
+
+    def backup(self, vm: VM, ctx: Context) -> BackupDisksResult:
+        return BackupDisksResult(skipped="no backup before the window is configured "
+                                         '([backup] strategy = "none")')
+
+
 #: The base class each kind's factory must build.
 KINDS: dict[str, type[Strategy]] = {
     "storage": StorageStrategy, "allocation": AllocationStrategy, "control": ControlPlane,
+    "backup": BackupStrategy,
 }
 
 

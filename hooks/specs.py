@@ -148,6 +148,24 @@ def rehost_control_planes() -> list[StrategyRecord]:
 
 
 @hookspec
+def rehost_backup_strategies() -> list[StrategyRecord]:
+    """Offer backup strategies: how each file disk of a VM is copied to a backup location
+    before the window (the ``backup_disks`` stage, before the power-off).
+
+    :return: a list of :class:`~rehost.core.model.StrategyRecord` with ``kind="backup"``.
+      Each record's ``factory(options)`` returns an instance of
+      :class:`rehost.api.BackupStrategy` (``preflight``, ``backup``, ``cleanup``). Chosen
+      with ``[backup] strategy`` in the site config (``none``, the default: no backup).
+
+    Example::
+
+        @hookimpl
+        def rehost_backup_strategies():
+            return [StrategyRecord("backup", "snapshot", "a filer snapshot", FilerSnapshot)]
+    """
+
+
+@hookspec
 def rehost_plugin_settings() -> list[PluginSettings]:
     """Declare a plugin's own settings: a pydantic model for its ``[plugins.<name>]`` table
     of the site config (or for a top-level section it claims, as ``abiquo`` does ``[abiquo]``).
@@ -403,7 +421,9 @@ def rehost_notify(vm: VM, ctx: Context, event: str) -> None:
 
     :param vm: the VM concerned.
     :param ctx: the campaign.
-    :param event: ``downtime_start`` (in the ``notify`` stage, before the power-off),
+    :param event: ``backup_done`` (the ``backup_disks`` stage copied every disk of the VM to
+      the backup location: its window starts; not sent when no backup is configured),
+      ``downtime_start`` (in the ``notify`` stage, before the power-off),
       ``downtime_end`` (after the ``start`` stage) or ``failed`` (the VM stopped at a safe
       point after a stage failed).
 

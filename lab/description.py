@@ -30,6 +30,8 @@ class LabDisk:
     size_mib: int = 64
     format: str = "raw"  # raw (sparse) or qcow2
     data_mib: int = 2  # how much of it holds the disk's own content
+    #: ``local``: on the host's own datastore (see :attr:`LabVM.datastore`); "" the VM's
+    datastore: str = ""
 
 
 @dataclass
@@ -52,6 +54,9 @@ class LabVM:
     #: (None: the enterprise's first user)
     enterprise: str | None = None
     owner: str | None = None
+    #: ``local``: its disks are on the host's own local datastore (``[lab] local_datastore``),
+    #: which no other host sees, even in a lab whose datastore is shared
+    datastore: str = ""
 
     @property
     def domain(self) -> str:
@@ -108,6 +113,14 @@ class LabDescription:
     enterprises: list[LabEnterprise] = field(default_factory=list)
     #: whether the lab runs its SMTP server (the site config's mail notifier sends there)
     mail: bool = True
+    #: each host's second datastore, its own (mounted only when a VM has ``datastore =
+    #: "local"``)
+    local_datastore: str = "/var/lib/virt-local"
+
+    @property
+    def uses_local_datastore(self) -> bool:
+        return any(v.datastore == "local" or any(d.datastore == "local" for d in v.disks)
+                   for v in self.vms)
 
     def host(self, name: str) -> LabHost:
         for h in self.hosts:
@@ -146,7 +159,7 @@ def parse_description(text: str, source: str = "<string>") -> LabDescription:
     _check_keys("", data, {"lab", "hosts", "vms", "enterprises"})
     lab = data.get("lab", {})
     _check_keys("lab.", lab, {"name", "network", "datastore", "shared_datastore", "volume_mib",
-                              "control", "abiquo", "mail"})
+                              "control", "abiquo", "mail", "local_datastore"})
     name = str(lab.get("name", "lab"))
     control = str(lab.get("control", "abiquo"))
     if control not in ("abiquo", "libvirt"):
@@ -182,17 +195,26 @@ def parse_description(text: str, source: str = "<string>") -> LabDescription:
     for i, v in enumerate(data.get("vms", [])):
         _check_keys(f"vms[{i}].", v, {"name", "host", "uuid", "cpu", "ram_mib", "disks", "volume",
                                       "running", "captured", "configured", "enterprise",
-                                      "owner"})
+                                      "owner", "datastore"})
+        if v.get("datastore", "") not in ("", "local"):
+            raise ConfigError(f"lab description: vms[{i}].datastore is {v['datastore']!r}: "
+                              'leave it out (the lab\'s datastore) or say "local" (the '
+                              "host's own, never shared)")
         if v.get("host") not in names:
             raise ConfigError(f"lab description: vms[{i}].host {v.get('host')!r} is not a host")
         _check_owner(i, v, enterprises)
         disks = []
         for j, d in enumerate(v.get("disks", [{}])):
-            _check_keys(f"vms[{i}].disks[{j}].", d, {"size_mib", "format", "data_mib"})
+            _check_keys(f"vms[{i}].disks[{j}].", d, {"size_mib", "format", "data_mib",
+                                                     "datastore"})
+            if d.get("datastore", "") not in ("", "local"):
+                raise ConfigError(f"lab description: vms[{i}].disks[{j}].datastore: leave it "
+                                  'out or say "local"')
             if d.get("format", "raw") not in ("raw", "qcow2"):
                 raise ConfigError(f"lab description: vms[{i}].disks[{j}].format: raw or qcow2")
             disks.append(LabDisk(int(d.get("size_mib", 64)), str(d.get("format", "raw")),
-                                 int(d.get("data_mib", 2))))
+                                 int(d.get("data_mib", 2)),
+                                 str(d.get("datastore") or v.get("datastore") or "")))
         vname = str(v.get("name", f"vm{i + 1}"))
         vms.append(LabVM(vname, str(v["host"]), str(v.get("uuid") or _stable_uuid(name, vname)),
                          int(v.get("cpu", 1)), int(v.get("ram_mib", 32)), disks,
@@ -201,7 +223,8 @@ def parse_description(text: str, source: str = "<string>") -> LabDescription:
                          abiquo=control == "abiquo", captured=bool(v.get("captured")),
                          configured=bool(v.get("configured")),
                          enterprise=str(v["enterprise"]) if v.get("enterprise") else None,
-                         owner=str(v["owner"]) if v.get("owner") else None))
+                         owner=str(v["owner"]) if v.get("owner") else None,
+                         datastore=str(v.get("datastore", ""))))
     return LabDescription(
         name=name,
         network=str(lab.get("network") or default_network()),
@@ -215,6 +238,7 @@ def parse_description(text: str, source: str = "<string>") -> LabDescription:
         abiquo=abiquo,
         enterprises=enterprises,
         mail=bool(lab.get("mail", True)),
+        local_datastore=str(lab.get("local_datastore", "/var/lib/virt-local")),
     )
 
 

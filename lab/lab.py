@@ -65,8 +65,10 @@ class LabState:
 
     def layout(self, name: str) -> HostLayout:
         h = self.host(name)
+        local = h.get("local_datastore_dir")
         return HostLayout(h["name"], h["index"], h["address"], Path(h["root"]),
-                          Path(h["datastore_dir"]), h["datastore"])
+                          Path(h["datastore_dir"]), h["datastore"],
+                          h.get("local_datastore") or "", Path(local) if local else None)
 
     def vm(self, name: str) -> dict[str, Any]:
         for v in self.data["vms"]:
@@ -135,17 +137,22 @@ def disk_path(datastore: str, vm: LabVM, index: int) -> str:
 def make_vm_disks(layout: HostLayout, vm: LabVM) -> list[dict[str, Any]]:
     out = []
     for i, d in enumerate(vm.disks):
-        inside = disk_path(layout.datastore, vm, i)
+        datastore = layout.local_datastore if d.datastore == "local" else layout.datastore
+        if not datastore:
+            raise LabError(f"lab: VM {vm.name} wants the local datastore, which "
+                           f"{layout.name} lacks")
+        inside = disk_path(datastore, vm, i)
         target = layout.datastore_in_controller(inside)
         if d.format == "raw":
             write_raw_disk(target, vm, i, d.size_mib, d.data_mib)
         else:
-            with tempfile.TemporaryDirectory(dir=layout.datastore_dir) as tmp:
+            with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
                 raw = Path(tmp) / "raw"
                 write_raw_disk(raw, vm, i, d.size_mib, d.data_mib)
                 labhosts.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw),
                               str(target)], timeout=300)
         out.append({"path": inside, "format": d.format, "size": d.size_mib * MIB,
+                    "datastore": d.datastore or "main",
                     "target": f"vd{chr(ord('a') + i)}", "sha1": sha1_file(target)})
     return out
 
@@ -247,7 +254,9 @@ def up(description_path: str | Path | None = None, root: Path | None = None) -> 
     _save_state(root, state)  # from here on, `down` knows what to remove
 
     # mount points the hosts need; made here only if missing, removed by `down`
-    for inside in [p for p, _ in labhosts.BIND_DIRS] + [desc.datastore]:
+    local = desc.local_datastore if desc.uses_local_datastore else ""
+    for inside in [p for p, _ in labhosts.BIND_DIRS] + [desc.datastore] + ([local] if local
+                                                                          else []):
         if not os.path.isdir(inside):
             os.makedirs(inside)
             state["created_dirs"].append(inside)
@@ -261,7 +270,8 @@ def up(description_path: str | Path | None = None, root: Path | None = None) -> 
     for i, h in enumerate(desc.hosts):
         hroot = root / "hosts" / h.name
         ds_dir = shared_dir if desc.shared_datastore else hroot / "datastore"
-        layouts.append(HostLayout(h.name, i, addresses[i], hroot, ds_dir, desc.datastore))
+        layouts.append(HostLayout(h.name, i, addresses[i], hroot, ds_dir, desc.datastore,
+                                  local, hroot / "local-datastore" if local else None))
 
     for h, lay in zip(desc.hosts, layouts, strict=True):
         labhosts.prepare_host_files(lay, PERSONALITIES[h.os], root / "id_ed25519", "")
@@ -279,6 +289,8 @@ def up(description_path: str | Path | None = None, root: Path | None = None) -> 
             "name": h.name, "index": lay.index, "os": h.os, "release": PERSONALITIES[h.os],
             "address": lay.address, "root": str(lay.root), "datastore": lay.datastore,
             "datastore_dir": str(lay.datastore_dir), "netns": lay.netns, "cpus": h.cpus,
+            "local_datastore": lay.local_datastore,
+            "local_datastore_dir": str(lay.local_dir) if lay.local_dir else None,
             "ram_mib": h.ram_mib, "rack": h.rack,
             "uri": f"qemu+ssh://root@{lay.address}/system?command={wrapper}",
         })

@@ -50,8 +50,9 @@ def reinstall(host: str, os_name: str, root: Path | None = None) -> dict[str, st
     for xml in (lay.path("etc") / "libvirt" / "qemu").glob("*.xml"):
         xml.unlink()  # the domain definitions
     shared = Path(record["datastore_dir"]).name == "shared-datastore"
-    if not shared:
-        for entry in lay.datastore_dir.iterdir():
+    own = ([] if shared else [lay.datastore_dir]) + ([lay.local_dir] if lay.local_dir else [])
+    for folder in own:  # its own datastores (a local one is never shared)
+        for entry in folder.iterdir():
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry)
             else:

@@ -93,18 +93,40 @@ class AbiquoControl(ControlPlane):
     # -- hosts and VMs ------------------------------------------------------------------------
 
     def discover_hosts(self, ctx: Context) -> list[Host]:
-        """With ``discover = true`` under [abiquo]: every KVM machine of Abiquo that the site
-        config does not name becomes a host, reached by its ip over ssh; its role comes from
-        its /etc/redhat-release (CentOS 5: source, CentOS 6: target, else left out)."""
-        if not settings(ctx).discover:
+        """Abiquo's racks, and with ``discover = true`` under [abiquo] its machines.
+
+        A host of the site config that names no ``rack`` gets the rack its machine stands in
+        in Abiquo (datacenter -> racks -> machines), which the evacuation plan keeps VMs in;
+        a ``rack`` the site config says wins. With ``discover = true``, every KVM machine of
+        Abiquo that the site config does not name becomes a host, reached by its ip over ssh,
+        in its Abiquo rack; its role comes from its /etc/redhat-release (CentOS 5: source,
+        CentOS 6: target, else left out)."""
+        discover = settings(ctx).discover
+        unracked = [h for h in ctx.config.hosts.values() if not h.rack]
+        if not discover and not unracked:
+            return []
+        try:
+            racked = client(ctx).racked_machines()
+        except RehostError as exc:
+            if discover:
+                raise
+            ctx.log.warning("cannot read Abiquo's racks ({}): the evacuation plan knows no "
+                            "rack for {}", exc, ", ".join(h.name for h in unracked))
+            return []
+        for rack, m in racked:
+            host = machine_host(ctx, m)
+            if host is not None and not ctx.config.hosts[host].rack and rack.name:
+                ctx.config.hosts[host].rack = rack.name
+        if not discover:
             return []
         found: list[Host] = []
         known = {h.address for h in ctx.config.hosts.values()}
-        for m in client(ctx).machines():
+        for rack, m in racked:
             if (m.type or "KVM").upper() != "KVM" or not m.ip or m.ip in known:
                 continue
             name = m.name or m.ip
-            probe = Host(name=name, address=m.ip, datastore="/var/lib/virt")
+            probe = Host(name=name, address=m.ip, datastore="/var/lib/virt",
+                         rack=rack.name or "")
             ctx.add_host(probe)
             try:
                 release = ctx.shell(name).read_text("/etc/redhat-release")
@@ -442,7 +464,8 @@ class AbiquoControl(ControlPlane):
                     c.power_on(avm, timeout=limit)
             elif hv.state(vm.name) != "running":
                 hv.start(vm.name)
-            return RollbackResult(host=src, steps=["started again on the source host"])
+            return RollbackResult(host=src, steps=["started again on the source host",
+                                                   *ctx.storage.discard_staging(vm, ctx)])
 
         here = machine_host(ctx, c.vm_machine(avm)) if avm.state in DEPLOYED else None
         if here is not None and here == src and not hv.exists(vm.name):

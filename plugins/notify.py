@@ -13,6 +13,7 @@ from __future__ import annotations
 from rehost.api import VM, Context, NotifyResult, hookimpl
 
 MESSAGES = {
+    "backup_done": "its disks are backed up: the window starts",
     "downtime_start": "downtime starts: the VM is powered off to move to a new host",
     "downtime_end": "downtime ends: the VM runs again on {target}",
     "failed": "the move failed; the VM is kept safe and an operator will follow up",

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from rehost.core.types import (
     VM_STAGES,
+    BackupDisksResult,
     CleanupResult,
     DeployResult,
     PreserveResult,
@@ -99,7 +100,8 @@ def _disks(data: dict[str, Any], by: dict[str, dict[str, Any]]) -> list[dict[str
     verified = {d.path: d for d in verify.disks} if verify else {}
     if preserved is None:  # not preserved yet: what the domain XML listed
         return [{"path": d.get("source"), "backup": None, "format": d.get("format"),
-                 "size": None, "virtual_size": None, "allocated": None, "bytes_moved": 0,
+                 "shared": None, "shared_why": None, "size": None, "virtual_size": None,
+                 "allocated": None, "bytes_moved": 0,
                  "checksum": None,
                  "algorithm": None, "checksum_verified": False}
                 for d in data.get("disks", []) if d.get("type", "file") == "file"]
@@ -108,13 +110,35 @@ def _disks(data: dict[str, Any], by: dict[str, dict[str, Any]]) -> list[dict[str
         moved = next((c for c in transferred if c.path == d.backup),
                      transferred[i] if i < len(transferred) else None)
         check = verified.get(d.path)
+        # the shared strategy says per disk whether it was shared or copied, and why
+        extra = (moved.model_extra or {}) if moved else {}
+        shared = extra.get("shared")
         out.append({"path": d.path, "backup": d.backup, "format": d.format,
+                    "shared": shared if isinstance(shared, bool) else None,
+                    "shared_why": str(extra["why"]) if extra.get("why") else None,
                     "size": d.size, "virtual_size": d.virtual_size, "allocated": d.allocated,
                     "bytes_moved": moved.bytes if moved else 0,
                     "checksum": d.checksum, "algorithm": d.algorithm,
                     "checksum_verified": bool(d.checksum) and check is not None
                     and check.checksum == d.checksum})
     return out
+
+
+def _backups(journal: Journal, vm: str,
+             by: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """The copies ``backup_disks`` made before the window (None: none made)."""
+    made = _result(by, BackupDisksResult)
+    if made is None or made.skipped or not made.backups:
+        return None
+    extra = made.model_extra or {}
+    return {"strategy": made.strategy, "kept": bool(extra.get("kept", True)),
+            "deleted": bool(journal.get(f"backup-deleted:{vm}")),
+            "disks": [{"path": b.path, "host": b.host, "location": b.location, "size": b.size,
+                       "allocated": b.allocated, "checksum": b.checksum,
+                       "algorithm": b.algorithm,
+                       "changed_while_read": bool((b.model_extra or {}).get(
+                           "changed_while_read"))}
+                      for b in made.backups]}
 
 
 def _vm(journal: Journal, row: dict[str, Any]) -> dict[str, Any]:
@@ -166,6 +190,7 @@ def _vm(journal: Journal, row: dict[str, Any]) -> dict[str, Any]:
         if deploy else [],
         "checksum_verified": bool(disks) and all(d["checksum_verified"] for d in disks),
         "backups_pending": pending,
+        "backups": _backups(journal, row["name"], by),
         "disks": disks,
         "errors": errors,
         "stages": [_stage_row(s) for s in stages],

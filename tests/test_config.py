@@ -108,7 +108,7 @@ def test_an_unknown_section_is_kept_for_the_plugins_then_refused() -> None:
     assert cfg.sections == {"plugin": {"files": []}}
     message = settings_error("[plugin]\nfiles = []\n" + HOSTS, [SETTINGS], ["abiquo"])
     assert message == ("unknown section [plugin] in /etc/rehost/site.toml (known: campaign, ssh, "
-                       "hosts, storage, allocation, control, plugins, report, abiquo)")
+                       "hosts, storage, allocation, control, backup, plugins, report, abiquo)")
 
 
 def test_a_section_a_plugin_claims_is_not_unknown() -> None:

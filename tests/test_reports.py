@@ -190,7 +190,9 @@ def test_a_successful_campaign_says_where_each_vm_went_and_how_long_it_was_down(
                              "size": 1024 * MIB, "virtual_size": 1024 * MIB,
                              "allocated": 10 * MIB,
                              "bytes_moved": 10 * MIB, "checksum": "sha1-of-web01",
-                             "algorithm": "sha1", "checksum_verified": True}]
+                             "algorithm": "sha1", "checksum_verified": True,
+                             # not the shared strategy: neither shared nor copied is said
+                             "shared": None, "shared_why": None}]
     assert [s["stage"] for s in web["stages"]] == list(VM_STAGES)
     assert all(s["outcome"] == "done" and s["end"] for s in web["stages"])
     t = r["totals"]

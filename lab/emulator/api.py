@@ -81,13 +81,14 @@ class Api:
     def _dc(self, args: dict[str, str]) -> None:
         if int(args["dc"]) != self.inv.DATACENTER_ID:
             raise ApiError(404, "DC-0", "The requested datacenter does not exist")
-        if "rack" in args and int(args["rack"]) != self.inv.RACK_ID:
+        if "rack" in args and int(args["rack"]) not in self.inv.racks:
             raise ApiError(404, "RACK-4", "This rack does not exist")
 
     def _machine(self, args: dict[str, str]) -> Any:
         self._dc(args)
         m = self.inv.machines.get(int(args["machine"]))
-        if m is None:
+        # a machine is found only under its own rack (2.0's findMachine takes both ids)
+        if m is None or m.rack != int(args["rack"]):
             raise ApiError(404, "MACHINE-0", "The requested machine does not exist")
         return m
 
@@ -105,17 +106,19 @@ class Api:
 
     def racks(self, a: dict[str, str], b: Any) -> Answer:
         self._dc(a)
-        return 200, "racks", [self.inv.rack_json()]
+        return 200, "racks", [self.inv.rack_json(r) for r in self.inv.racks.values()]
 
     def rack(self, a: dict[str, str], b: Any) -> Answer:
         self._dc(a)
-        return 200, "rack", self.inv.rack_json()
+        return 200, "rack", self.inv.rack_json(self.inv.racks[int(a["rack"])])
 
     def machines(self, a: dict[str, str], b: Any) -> Answer:
+        """The machines of one rack."""
         self._dc(a)
         creds = a.get("?credentials") == "true"
+        rack = int(a["rack"])
         return 200, "machines", [self.inv.machine_json(m, creds)
-                                 for m in self.inv.machines.values()]
+                                 for m in self.inv.machines.values() if m.rack == rack]
 
     def machine(self, a: dict[str, str], b: Any) -> Answer:
         return 200, "machine", self.inv.machine_json(self._machine(a),

@@ -1,9 +1,11 @@
 """The emulator's inventory: what Abiquo's database would hold, and its shapes (the JSON
 shape; the HTTP layer encodes it as XML or JSON, :mod:`rehost.abiquo.media`).
 
-One datacenter, one rack, one KVM machine per lab host, one virtual datacenter and appliance,
-the lab's VMs, the allocation rules and the tasks. Everything is guarded by one lock
-(``Inventory.lock``); the HTTP handlers, the task worker and the monitor all take it.
+One datacenter; its racks, as the lab description's hosts name them (``[[hosts]] rack``; a
+host that names none stands in ``rack-1``); one KVM machine per lab host, in its rack; one
+virtual datacenter and appliance, the lab's VMs, the allocation rules and the tasks.
+Everything is guarded by one lock (``Inventory.lock``); the HTTP handlers, the task worker and
+the monitor all take it.
 
 The version profile (``2.4`` or ``2.6``) chooses the field names that differ: a machine's
 ``virtualSwitch`` (2.4) or ``networkInterfaces`` (2.6); a VM's ``idType`` (2.4, 1 = managed)
@@ -53,6 +55,18 @@ class Machine:
     ipmi_ip: str | None = None
     ipmi_port: int | None = 623
     ipmi_user: str | None = "ADMIN"
+    #: the id of the rack it stands in
+    rack: int = 1
+
+
+@dataclass
+class Rack:
+    id: int
+    name: str
+
+
+#: the rack of a lab host whose description names none
+DEFAULT_RACK = "rack-1"
 
 
 @dataclass
@@ -150,6 +164,7 @@ class Inventory:
             raise ValueError(f"emulator profile {self.profile!r}: choose 2.4 or 2.6")
         self.lock = threading.RLock()
         self.machines: dict[int, Machine] = {}
+        self.racks: dict[int, Rack] = {}
         self.vms: dict[int, VM] = {}
         self.load_rules: dict[int, LoadRule] = {}
         self.fit_rules: dict[int, FitRule] = {1: FitRule(1, "PROGRESSIVE")}
@@ -162,7 +177,8 @@ class Inventory:
         for i, h in enumerate(lab.data["hosts"], start=1):
             self.machines[i] = Machine(i, h["name"], h["name"], h["address"], int(h["cpus"]),
                                        int(h["ram_mib"]), password=secrets.token_hex(8),
-                                       ipmi_ip=f"192.0.2.{i}")
+                                       ipmi_ip=f"192.0.2.{i}",
+                                       rack=self._rack_id(h.get("rack") or DEFAULT_RACK))
         self._load_enterprises(lab.data.get("enterprises") or DEFAULT_ENTERPRISES)
         for i, v in enumerate(lab.data["vms"], start=1):
             ent, user = self._owner_of(v)
@@ -171,6 +187,15 @@ class Inventory:
                              v.get("volume"), captured=bool(v.get("captured")),
                              configured=bool(v.get("configured")), enterprise=ent,
                              user=user)
+
+    def _rack_id(self, name: str) -> int:
+        """The id of the rack named ``name`` (ids from 1 in the order hosts name them)."""
+        for r in self.racks.values():
+            if r.name == name:
+                return r.id
+        rack = Rack(len(self.racks) + 1, name)
+        self.racks[rack.id] = rack
+        return rack.id
 
     def _load_enterprises(self, described: list[dict[str, Any]]) -> None:
         """Enterprise ids from 1 in the description's order; user ids from 1 across them
@@ -211,7 +236,7 @@ class Inventory:
         return rules[-1].policy if rules else "PROGRESSIVE"
 
     def rules_for(self, machine: Machine) -> list[LoadRule]:
-        applies = {("datacenter", self.DATACENTER_ID), ("rack", self.RACK_ID),
+        applies = {("datacenter", self.DATACENTER_ID), ("rack", machine.rack),
                    ("machine", machine.id)}
         return [r for r in self.load_rules.values() if (r.rel, r.target) in applies]
 
@@ -236,11 +261,11 @@ class Inventory:
     def dc_path(self) -> str:
         return f"admin/datacenters/{self.DATACENTER_ID}"
 
-    def rack_path(self) -> str:
-        return f"{self.dc_path()}/racks/{self.RACK_ID}"
+    def rack_path(self, rack: int | None = None) -> str:
+        return f"{self.dc_path()}/racks/{self.RACK_ID if rack is None else rack}"
 
     def machine_path(self, m: Machine) -> str:
-        return f"{self.rack_path()}/machines/{m.id}"
+        return f"{self.rack_path(m.rack)}/machines/{m.id}"
 
     def vapp_path(self) -> str:
         return f"cloud/virtualdatacenters/{self.VDC_ID}/virtualappliances/{self.VAPP_ID}"
@@ -269,9 +294,10 @@ class Inventory:
                 "links": [self.link("edit", p, "datacenter"),
                           self.link("racks", f"{p}/racks", "racks")]}
 
-    def rack_json(self) -> dict[str, Any]:
-        p = self.rack_path()
-        return {"id": self.RACK_ID, "name": "rack-1", "shortDescription": "", "haEnabled": False,
+    def rack_json(self, rack: Rack) -> dict[str, Any]:
+        """2.0's ``RackDto`` (``UcsRack`` adds UCS fields, not played here)."""
+        p = self.rack_path(rack.id)
+        return {"id": rack.id, "name": rack.name, "shortDescription": "", "haEnabled": False,
                 "vlanIdMin": 2, "vlanIdMax": 4094, "nrsq": 10,
                 "links": [self.link("edit", p, "rack"),
                           self.link("datacenter", self.dc_path(), "datacenter"),
@@ -281,6 +307,12 @@ class Inventory:
         cpu_used, ram_used = self.used(m)
         p = self.machine_path(m)
         h = self.lab.host(m.host)
+        datastores = [{"id": m.id, "name": "datastore", "rootPath": h["datastore"],
+                       "directory": "", "enabled": True}]
+        if h.get("local_datastore"):
+            # the host's own disk, beside the shared one: a VM deployed there is on it
+            datastores.append({"id": 1000 + m.id, "name": "local", "rootPath":
+                               h["local_datastore"], "directory": "", "enabled": True})
         network: dict[str, Any] = {"virtualSwitch": "abiquo"} if self.profile == "2.4" else {
             "networkInterfaces": {"collection": [{"name": "abiquo", "mac": None}]}}
         return {
@@ -288,15 +320,13 @@ class Inventory:
             **network, "port": 8889, "ip": m.ip, "ipService": m.ip,
             "type": m.type, "user": m.user if credentials else None,
             "password": m.password if credentials else None,
-            "datastores": {"collection": [{"id": m.id, "name": "datastore",
-                                           "rootPath": h["datastore"], "directory": "",
-                                           "enabled": True}]},
+            "datastores": {"collection": datastores},
             "ipmiIP": m.ipmi_ip, "ipmiPort": m.ipmi_port, "ipmiUser": m.ipmi_user,
             "ipmiPassword": None,
             "initiatorIQN": None, "cpu": m.cpu, "cpuUsed": cpu_used, "ram": m.ram,
             "ramUsed": ram_used,
             "links": [self.link("edit", p, "machine"),
-                      self.link("rack", self.rack_path(), "rack"),
+                      self.link("rack", self.rack_path(m.rack), "rack"),
                       self.link("datacenter", self.dc_path(), "datacenter"),
                       self.link("checkstate", f"{p}/action/checkstate", "machinestate"),
                       self.link("virtualmachines", f"{p}/virtualmachines",
@@ -424,7 +454,7 @@ class Inventory:
                 "links": [self.link("status", href, "task")]}
 
     def load_rule_json(self, r: LoadRule) -> dict[str, Any]:
-        target = {"datacenter": self.dc_path(), "rack": self.rack_path()}.get(r.rel)
+        target = {"datacenter": self.dc_path(), "rack": self.rack_path(r.target)}.get(r.rel)
         if r.rel == "machine":
             target = self.machine_path(self.machines[r.target])
         return {"id": r.id, "cpuLoadPercentage": r.cpu, "ramLoadPercentage": r.ram,

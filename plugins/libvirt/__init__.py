@@ -37,6 +37,7 @@ from rehost.api import (
     Need,
     PowerOffNewResult,
     PreconditionError,
+    PrecopyResult,
     PreserveResult,
     RehostError,
     RollbackResult,
@@ -174,6 +175,33 @@ class LibvirtControl(ControlPlane):
         size = sum(ctx.storage.space_needed(ctx, vm, d) for d in vm.file_disks())
         return Need(cpus=cpus, memory_mib=mib, bytes=size)
 
+    def predict_target(self, vm: VM, ctx: Context) -> str | None:
+        """The target ``deploy`` would choose now (the same rules, the same loads); ``deploy``
+        keeps it when the VM still fits there (:meth:`_staged_target`)."""
+        saved = ctx.vm_dir(vm) / "domain.xml"
+        if not saved.exists():
+            return None
+        with _placing:
+            need = self._need(vm, ctx, saved.read_text())
+            found: str | None = ctx.allocation.choose_target(vm, ctx, need, self._loads(ctx))
+        return found
+
+    @staticmethod
+    def _staged_target(vm: VM, ctx: Context, need: Need,
+                       loads: list[TargetLoad]) -> str | None:
+        """The host the VM's disks were pre-copied to, when it still fits there under the
+        allocation rules (the staged copies become its disks: their space counts as free)."""
+        pre = vm.fact(PrecopyResult)
+        if pre is None or not pre.host or not pre.staged:
+            return None
+        there = [t for t in loads if t.host == pre.host]
+        if not there:
+            return None
+        staged = sum(s.bytes for s in pre.staged)
+        room = there[0].model_copy(update={"free_bytes": there[0].free_bytes + staged})
+        found: str | None = ctx.allocation.choose_target(vm, ctx, need, [room])
+        return found
+
     # -- stages -------------------------------------------------------------------------------
 
     def locate(self, vm: VM, ctx: Context) -> LocateResult:
@@ -203,7 +231,9 @@ class LibvirtControl(ControlPlane):
                 target, how = vm.target_host, "already defined (an earlier run)"
             else:
                 need = self._need(vm, ctx, saved)
-                target = ctx.allocation.choose_target(vm, ctx, need, self._loads(ctx))
+                loads = self._loads(ctx)
+                target = (self._staged_target(vm, ctx, need, loads)
+                          or ctx.allocation.choose_target(vm, ctx, need, loads))
                 if target is None:
                     raise PreconditionError(
                         f"no target host has room for {vm.name} ({need.cpus} CPU, "
@@ -258,7 +288,8 @@ class LibvirtControl(ControlPlane):
         if hv.exists(vm.name) and vm.fact(PreserveResult) is None:
             if hv.state(vm.name) != "running":
                 hv.start(vm.name)
-            return RollbackResult(host=src, steps=["started again on the source host"])
+            return RollbackResult(host=src, steps=["started again on the source host",
+                                                   *ctx.storage.discard_staging(vm, ctx)])
         here = vm.target_host if vm.target_host and vm.target_host != src else None
         if here is not None and not ctx.hypervisor(here).exists(vm.name):
             here = None

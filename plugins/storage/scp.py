@@ -35,6 +35,7 @@ class ScpCopy(DatastoreStrategy):
     name = "scp"
     fills_holes = True
     backing_files = "copy"
+    precopies = True  # with storage.options.precopy = true (not by default)
 
     def take_options(self) -> None:
         self.timeout = float(self.options.pop("timeout", 6 * 3600))
@@ -69,6 +70,8 @@ class ScpCopy(DatastoreStrategy):
         argv = ["scp", "-p", "-q", "-B"]
         if self.cipher:
             argv += ["-c", str(self.cipher)]
+        if self.bwlimit:
+            argv += ["-l", str(max(1, int(self.bwlimit * 8192)))]  # Kbit/s
         source.run([*argv, path, f"{target.ssh_user}@{target.address}:{path}"],
                    timeout=self.timeout)
         return None

@@ -24,6 +24,8 @@ from __future__ import annotations
 import os
 
 from rehost.api import (
+    DIGEST_PY,
+    PY_LAUNCH,
     VM,
     Context,
     DatastoreStrategy,
@@ -47,11 +49,18 @@ PIPE = ('exec 3>&1; '
         '[ "$rc" = 0 ] || exit "$rc"; '
         '[ "$st" = 0 ] || { echo "rehost: tar exited with $st on the source host" >&2; exit 1; }')
 
+# The same with a bandwidth cap (CentOS 5 has no pv): the stream passes through the digest
+# script's ``throttle`` on the source host; $5 PY_LAUNCH, $6 the script, $7 MiB a second.
+PIPE_CAPPED = PIPE.replace('echo "$?" >&4; } ',
+                           'echo "$?" >&4; } | sh -c "$5" rehost-digest "$6" throttle "$7" ')
+
 
 class TarSparseCopy(DatastoreStrategy):
     name = "tar"
     fills_holes = False
     backing_files = "copy"
+    precopies = True
+    precopy_auto = True
 
     def take_options(self) -> None:
         self.timeout = float(self.options.pop("timeout", 6 * 3600))
@@ -92,9 +101,12 @@ class TarSparseCopy(DatastoreStrategy):
         unpack = ["tar", "-C", folder, "--sparse", "-xpf", "-"]
         if algorithm:
             unpack = self.digest_unpack_argv(unpack, name, algorithm)
-        out = source.run(["sh", "-c", PIPE, "rehost-tar", folder, name,
-                          f"{target.ssh_user}@{target.address}", quote_argv(unpack)],
-                         timeout=self.timeout)
+        argv = ["sh", "-c", PIPE, "rehost-tar", folder, name,
+                f"{target.ssh_user}@{target.address}", quote_argv(unpack)]
+        if self.bwlimit:
+            argv = ["sh", "-c", PIPE_CAPPED, *argv[3:], PY_LAUNCH, DIGEST_PY,
+                    f"{self.bwlimit:g}"]
+        out = source.run(argv, timeout=self.timeout)
         return self.read_digest(out.stdout, target.name, path) if algorithm else None
 
 
