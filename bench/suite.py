@@ -166,27 +166,6 @@ def shell(st: Any, host: str) -> Any:
                  name=host)
 
 
-def bashrc(st: Any, hide: bool) -> bool:
-    """Hide (or show again) root's ``.bashrc`` on the lab's hosts, in their own mount
-    namespaces only. The lab's hosts share this machine's ``/root`` (all but ``.ssh``), so
-    every ssh command runs this machine's ``.bashrc``; where that starts a Python version
-    manager (``pyenv init``: about 0.3 s and a hundred processes per command) the lab is
-    slower than a CentOS host, whose root runs no such thing. Returns whether it was done."""
-    import subprocess
-
-    home = Path("/root/.bashrc")
-    if not home.exists():
-        return False
-    empty = st.root / "empty-bashrc"
-    empty.write_text("")
-    for h in st.data["hosts"]:
-        pid = (Path(h["root"]) / "run" / "sshd-lab.pid").read_text().split()[0]
-        argv = (["mount", "--bind", str(empty), str(home)] if hide
-                else ["umount", str(home)])
-        subprocess.run(["nsenter", "-t", pid, "-m", *argv], check=True, capture_output=True)
-    return True
-
-
 # -- measurements ------------------------------------------------------------------------------
 
 
@@ -356,9 +335,6 @@ def report(out: dict[str, Any]) -> str:
     add(f"rehost bench — {out['when']}, {out['cpus']} CPUs, lab instance {out['instance']}, "
         f"{out['minutes']:.1f} min; load average {out['load'][0]} at start, "
         f"{out['load'][1]} at end (other work on the machine slows every number)")
-    if out.get("bashrc_hidden"):
-        add("The lab's hosts run without this machine's /root/.bashrc (pyenv init: ~0.3 s a "
-            "command; a CentOS host has none); the preflight is shown with it too.")
     add("")
     add(f"Disk copies {SOURCE} -> {TARGET}, warm cache. Sparse: raw, 2 GiB virtual, "
         f"{out['sparse_source'] / MIB:.0f} MiB allocated; dense: raw, 512 MiB of random data.")
@@ -422,8 +398,6 @@ def report(out: dict[str, Any]) -> str:
     add(f"Preflight, rehost run --dry-run of all {out['vms']} VMs on 3 hosts (journal's stage; "
         "whole process):")
     shown = [("first after lab up", out["preflight_cold"]), ("again", out["preflight_warm"])]
-    if "preflight_bashrc" in out:
-        shown.append(("again, with .bashrc", out["preflight_bashrc"]))
     for label, pf in shown:
         add(f"  {label:<19} {_against(pf.stage, T_PREFLIGHT, 's')};  process "
             f"{pf.run.seconds:.2f} s")
@@ -486,9 +460,6 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
     ap.add_argument("--keep-lab", action="store_true", help="leave the lab up at the end")
     ap.add_argument("--strategies", help="comma-separated storage strategies (default: all)")
-    ap.add_argument("--keep-bashrc", action="store_true",
-                    help="let the lab's hosts run this machine's /root/.bashrc on every ssh "
-                         "command (hidden by default: see bashrc())")
     args = ap.parse_args()
     logger.remove()
     began = time.monotonic()
@@ -513,17 +484,11 @@ def main() -> None:
         st = lab.up(desc)
         phases["lab up"] = time.monotonic() - step
         out["vms"] = len(st.data["vms"])
-        out["bashrc_hidden"] = not args.keep_bashrc and bashrc(st, hide=True)
         print("bench: preflight ...", flush=True)
         step = time.monotonic()
         out["preflight_cold"] = preflight(st, default, "preflight-cold")
         out["preflight_warm"] = preflight(st, default, "preflight-warm")
         out["runs"] += [out["preflight_cold"].run, out["preflight_warm"].run]
-        if out["bashrc_hidden"]:
-            bashrc(st, hide=False)
-            out["preflight_bashrc"] = preflight(st, default, "preflight-bashrc")
-            out["runs"].append(out["preflight_bashrc"].run)
-            bashrc(st, hide=True)
         phases["preflight"] = time.monotonic() - step
         sparse_path = st.vm(f"sparse-{strategies[0]}")["disks"][0]["path"]
         dense_path = st.vm(f"dense-{strategies[0]}")["disks"][0]["path"]

@@ -100,7 +100,9 @@ def _disks(data: dict[str, Any], by: dict[str, dict[str, Any]]) -> list[dict[str
     verified = {d.path: d for d in verify.disks} if verify else {}
     if preserved is None:  # not preserved yet: what the domain XML listed
         return [{"path": d.get("source"), "backup": None, "format": d.get("format"),
-                 "shared": None, "shared_why": None, "size": None, "virtual_size": None,
+                 "shared": None, "shared_why": None, "precopied": None,
+                 "precopy_bytes": None, "precopy_note": None,
+                 "size": None, "virtual_size": None,
                  "allocated": None, "bytes_moved": 0,
                  "checksum": None,
                  "algorithm": None, "checksum_verified": False}
@@ -116,6 +118,13 @@ def _disks(data: dict[str, Any], by: dict[str, dict[str, Any]]) -> list[dict[str
         out.append({"path": d.path, "backup": d.backup, "format": d.format,
                     "shared": shared if isinstance(shared, bool) else None,
                     "shared_why": str(extra["why"]) if extra.get("why") else None,
+                    # pre-copy: staged while the VM ran (then bytes_moved is the delta), or
+                    # why it fell back to a full copy
+                    "precopied": (extra["precopied"] if isinstance(extra.get("precopied"),
+                                                                   bool) else None),
+                    "precopy_bytes": (int(extra["precopy_bytes"])
+                                      if isinstance(extra.get("precopy_bytes"), int) else None),
+                    "precopy_note": str(extra["precopy"]) if extra.get("precopy") else None,
                     "size": d.size, "virtual_size": d.virtual_size, "allocated": d.allocated,
                     "bytes_moved": moved.bytes if moved else 0,
                     "checksum": d.checksum, "algorithm": d.algorithm,

@@ -73,7 +73,7 @@ def test_the_table_prints_whatever_is_missing() -> None:
     copy = Copy(10.0, 100 << 20, {"preserve_disks": 1.0, "transfer": 8.0, "verify": 1.0}, 20.0)
     out: dict[str, Any] = {
         "when": "now", "cpus": 2, "instance": "60", "minutes": 9.0, "load": ["1", "2"],
-        "default": "tar", "vms": 30, "bashrc_hidden": True, "sparse_source": 100 << 20,
+        "default": "tar", "vms": 30, "sparse_source": 100 << 20,
         "by_hand": {"sparse": {"scp": Copy(40.0, 2048 << 20), "rsync -S": Copy(None,
                                                                                  error="x")},
                     "dense": {"scp": Copy(6.0, 512 << 20)}},
@@ -87,7 +87,6 @@ def test_the_table_prints_whatever_is_missing() -> None:
                        {"done": 3, "held": 9}, "p4-05: deploy: boom"),
         "preflight_cold": Preflight(_run(["-vv", "run"], 9.0), 8.0),
         "preflight_warm": Preflight(_run(["-vv", "run"], 2.0), 1.5),
-        "preflight_bashrc": Preflight(_run(["-vv", "run"], 5.0), None),
         "runs": [_run(["run"], 1.0)], "phases": {"lab up": 60.0}, "kept": "/tmp/x",
     }
     text = report(out)

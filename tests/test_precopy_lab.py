@@ -87,3 +87,13 @@ def test_precopy_sends_the_delta_catches_a_damaged_stage_and_falls_back_when_wro
             assert copied["precopied"] is False
             assert copied["precopy"] == (f"pre-copied to {pre['host']} but deployed on "
                                          f"{deploy['host']}: copied in full")
+    # the report says which disks were pre-copied, and why the others were copied in full
+    report = json.loads((st.root / "reports" / "report.json").read_text())
+    disks = {v["label"]: v["disks"][0] for v in report["vms"]}
+    assert disks["a-write"]["precopied"] is True
+    assert disks["a-write"]["bytes_moved"] == 2 * 65536
+    assert 2 * 65536 < disks["a-write"]["precopy_bytes"] < SIZE
+    assert disks["c-wrong"]["precopied"] is False
+    assert "but deployed on" in disks["c-wrong"]["precopy_note"]
+    md = (st.root / "reports" / "report.md").read_text()
+    assert "before, only the delta in the window" in md and "not used: pre-copied to" in md

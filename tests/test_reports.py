@@ -192,7 +192,8 @@ def test_a_successful_campaign_says_where_each_vm_went_and_how_long_it_was_down(
                              "bytes_moved": 10 * MIB, "checksum": "sha1-of-web01",
                              "algorithm": "sha1", "checksum_verified": True,
                              # not the shared strategy: neither shared nor copied is said
-                             "shared": None, "shared_why": None}]
+                             "shared": None, "shared_why": None, "precopied": None,
+                             "precopy_bytes": None, "precopy_note": None}]
     assert [s["stage"] for s in web["stages"]] == list(VM_STAGES)
     assert all(s["outcome"] == "done" and s["end"] for s in web["stages"])
     t = r["totals"]
