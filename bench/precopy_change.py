@@ -1,4 +1,4 @@
-"""A plugin the bench loads for its pre-copy run: when the VM labelled ``precopy`` has finished
+"""A plugin the bench loads for its pre-copy runs: when a VM labelled ``precopy...`` has finished
 its ``precopy`` stage (its disk staged on the target, the VM still running), 1 % of its disk's
 64 KiB blocks are rewritten on the source host with new data, evenly spread, before it is
 powered off: the delta then has 1 % of the disk to send."""
@@ -20,6 +20,6 @@ CHANGE = ("import os, sys\n"
 
 @hookimpl
 def rehost_stage_finish(stage: str, vm: Any, ctx: Context, result: Any) -> None:
-    if stage == "precopy" and vm is not None and "precopy" in (vm.label, vm.name):
+    if stage == "precopy" and vm is not None and (vm.label or vm.name).startswith("precopy"):
         ctx.shell(vm.source_host).run(["python3", "-c", CHANGE,
                                        vm.file_disks()[0].source or ""])

@@ -66,6 +66,9 @@ T_SPARSE = 0.25  # sparse transfer incl. verification <= 0.25 x scp by hand
 T_ALLOC = 1.1  # target allocation <= 1.1 x the source's
 T_DENSE = 1.1  # dense transfer <= 1.1 x scp by hand
 T_PRECOPY = 0.3  # pre-copy downtime <= 0.3 x cold
+#: the copy cap (MiB/s) of the link-limited pre-copy pair: about a 200 Mb/s link, where the
+#: lab's own network (veth pairs on one machine) moves several hundred MiB/s
+LINK_MIB_S = 25
 T_PARALLEL = 0.6  # 12 VMs at --parallel 4 <= 0.6 x --parallel 1
 T_PREFLIGHT = 3.0  # seconds
 T_OWN = 0.5  # seconds of rehost's own time per VM
@@ -128,6 +131,9 @@ def description(strategies: list[str]) -> str:
         out += vm(f"dense-{s}", SOURCE, DENSE["size_mib"], DENSE["data_mib"])
     if precopy_available() is not None:
         out += vm("precopy", SOURCE, SPARSE["size_mib"], SPARSE["data_mib"])
+        # the same dense VM twice, moved over a capped link: cold, and pre-copied
+        out += vm("link-cold", SOURCE, DENSE["size_mib"], DENSE["data_mib"])
+        out += vm("precopy-link", SOURCE, DENSE["size_mib"], DENSE["data_mib"])
     for par in (1, 4):
         for i in range(CAMPAIGN):
             out += vm(f"p{par}-{i + 1:02d}", (SOURCE, OTHER_SOURCE)[i % 2], 64, 4)
@@ -378,6 +384,12 @@ def report(out: dict[str, Any]) -> str:
         "to start end:")
     add(f"  cold {_s(cold)} s   pre-copy {out['downtime_precopy']}   "
         f"pre-copy / cold {_ratio(out.get('downtime_precopy_s'), cold, T_PRECOPY)}")
+    if "link_cold_s" in out:
+        lc, lp = out.get("link_cold_s"), out.get("link_precopy_s")
+        add(f"Downtime of a dense VM ({DENSE['size_mib']} MiB of data), copies capped at "
+            f"{LINK_MIB_S} MiB/s (about a 200 Mb/s link):")
+        add(f"  cold {_s(lc)} s   pre-copy {_s(lp)} s   pre-copy / cold "
+            f"{_ratio(lp, lc, T_PRECOPY)}")
     add("")
     p1, p4 = out["p1"], out["p4"]
     add(f"Campaign of {CAMPAIGN} VMs (64 MiB disks, {out['default']}), makespan:")
@@ -501,7 +513,9 @@ def main() -> None:
         for s in strategies:
             print(f"bench: rehost, storage strategy {s} ...", flush=True)
             step = time.monotonic()
-            out["by_rehost"][s], run = by_rehost(st, s)
+            # cold copies: pre-copy (on by default for big enough disks) is measured apart
+            cold = {"storage.options": {"precopy": False}} if precopy_available() else None
+            out["by_rehost"][s], run = by_rehost(st, s, extra=cold)
             out["runs"].append(run)
             phases[f"rehost {s}"] = time.monotonic() - step
         sparse = out["by_rehost"].get(default, {}).get("sparse")
@@ -516,6 +530,18 @@ def main() -> None:
             got = moved.get("precopy")
             out["downtime_precopy_s"] = got.downtime if got else None
             out["downtime_precopy"] = f"{_s(out['downtime_precopy_s'])} s"
+            print("bench: over a capped link, cold and with pre-copy ...", flush=True)
+            capped = {"precopy": False, "bwlimit_mib": LINK_MIB_S}
+            moved, run = by_rehost(st, default, vms=["link-cold"],
+                                   extra={"storage.options": capped})
+            out["runs"].append(run)
+            got = moved.get("link")
+            out["link_cold_s"] = got.downtime if got else None
+            moved, run = by_rehost(st, default, vms=["precopy-link"], extra={
+                **options, "storage.options": {**capped, "precopy": True}})
+            out["runs"].append(run)
+            got = moved.get("precopy")
+            out["link_precopy_s"] = got.downtime if got else None
         for par in (1, 4):
             print(f"bench: campaign of {CAMPAIGN} VMs at --parallel {par} ...", flush=True)
             step = time.monotonic()

@@ -296,10 +296,17 @@ def up(description_path: str | Path | None = None, root: Path | None = None) -> 
         })
     _save_state(root, state)
 
-    # the first host probes QEMU's capabilities (4-8 s); the others reuse its cache
+    # the first host probes QEMU's capabilities (4-8 s); the others reuse its cache. Asking
+    # its version is what makes libvirtd probe (opening a connection does not): a site's
+    # libvirtd, running for months, has long done it, so rehost's first preflight must not
+    # pay it here either
     labhosts.start_host(layouts[0])
     labhosts.wait_ready(layouts[0])
-    _open(f"qemu+unix:///system?socket={layouts[0].libvirt_socket}").close()
+    first = _open(f"qemu+unix:///system?socket={layouts[0].libvirt_socket}")
+    try:
+        first.getVersion()
+    finally:
+        first.close()
     seed = layouts[0].path("var-cache-libvirt")
     for lay in layouts[1:]:
         shutil.rmtree(lay.path("var-cache-libvirt"))

@@ -14,6 +14,8 @@ from tests.crash_matrix import run_matrix
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
 
+# several campaigns in one test: more than the suite's 600 s on a loaded machine
+@pytest.mark.timeout(1800)
 def test_the_small_crash_matrix_loses_nothing(tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     if os.geteuid() != 0:

@@ -110,6 +110,9 @@ def test_rollback_puts_the_vm_back_with_its_own_disks(
     finally:
         j.close()
     last_rollback = max(i for i, e in enumerate(history) if e == ("rollback", "finish"))
-    assert [s for s, ev in history[last_rollback + 1:] if ev == "finish"] == list(VM_STAGES)
+    # every stage again (one that did not apply, as the backup with none configured, is
+    # journaled as skipped)
+    assert [s for s, ev in history[last_rollback + 1:] if ev in ("finish", "skip")] \
+        == list(VM_STAGES)
     assert rules_snapshot(st) == before
 
