@@ -50,6 +50,12 @@ Example (every key the core reads; see README.md and `rehost lab up` for a worki
                                            #   byte; the default for sha256)
     verify = "checksum"                    #   or "size": size + sampled blocks (faster)
     samples = 16                           #   1 MiB blocks compared when verify = "size"
+    precopy = "auto"                       #   tar, scp: stage the disks on the predicted
+                                           #   target while the VM runs (true, false, "auto":
+    precopy_min_mib = 64                   #   on for disks holding at least this much data)
+    bwlimit_mib = 0                        #   MiB/s cap for each copy (0: none)
+    copy_with = "tar"                      #   shared: how a disk the target does not see
+                                           #   is copied (tar or scp)
 
     [allocation]
     strategy = "loadlevel"

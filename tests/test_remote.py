@@ -405,11 +405,13 @@ def test_quote_argv_keeps_every_argument_one_word_verbatim() -> None:
     arguments — nothing runs but the intended command."""
     import subprocess
 
-    from hypothesis import given, settings
+    from hypothesis import example, given, settings
     from hypothesis import strategies as st
 
     printer = ["printf", "%s\\0"]
 
+    # the shell's own hard cases, always tried (a random search may not draw a quote)
+    @example(["it's", "$(touch pwned)", "a b", "'", "\\", "-n", "\n;id", "*"])
     @settings(max_examples=300, deadline=None)
     @given(st.lists(st.text(st.characters(blacklist_characters="\x00",
                                           blacklist_categories=("Cs",)), max_size=40),
