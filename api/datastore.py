@@ -211,13 +211,11 @@ def data_ranges(fd, size):
     return out
 
 
-def digest_file(algo, path):
-    fd = os.open(path, os.O_RDONLY)
-    size = os.fstat(fd).st_size
-    dig = Digest(algo, size)
+def chunks_of(fd, size, path):
+    """(offset, bytes) of the file's data ranges, in whole 64 KiB blocks, each read once, in
+    order, at most CH bytes a piece."""
     pos = 0
     for start, end in data_ranges(fd, size):
-        # whole blocks, each read once
         start = max(pos, (start // B) * B)
         end = min(size, -(-end // B) * B)
         if start >= end:
@@ -228,9 +226,17 @@ def digest_file(algo, path):
             data = os.read(fd, min(CH, end - pos))
             if not data:
                 raise Bad('%s is shorter than its size' % path)
-            if data != ZB[:len(data)]:
-                dig.put(pos, data)
+            yield pos, data
             pos = pos + len(data)
+
+
+def digest_file(algo, path):
+    fd = os.open(path, os.O_RDONLY)
+    size = os.fstat(fd).st_size
+    dig = Digest(algo, size)
+    for pos, data in chunks_of(fd, size, path):
+        if data != ZB[:len(data)]:
+            dig.put(pos, data)
     os.close(fd)
     return dig.hexdigest(), size
 
@@ -450,23 +456,11 @@ RECLEN = 13
 
 def blocks_of(fd, size, path):
     """(offset, bytes) of each 64 KiB block that may hold data, in order, each once."""
-    pos = 0
-    for start, end in data_ranges(fd, size):
-        start = max(pos, (start // B) * B)
-        end = min(size, -(-end // B) * B)
-        if start >= end:
-            continue
-        os.lseek(fd, start, 0)
-        pos = start
-        while pos < end:
-            data = os.read(fd, min(CH, end - pos))
-            if not data:
-                raise Bad('%s is shorter than its size' % path)
-            k = 0
-            while k < len(data):
-                yield pos + k, data[k:k + B]
-                k = k + B
-            pos = pos + len(data)
+    for pos, data in chunks_of(fd, size, path):
+        k = 0
+        while k < len(data):
+            yield pos + k, data[k:k + B]
+            k = k + B
 
 
 def block_sum(algo, data):

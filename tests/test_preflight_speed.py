@@ -21,6 +21,7 @@ from rehost.hooks import hookimpl
 from rehost.plugins import preflight
 from rehost.plugins.storage.scp import ScpCopy
 from rehost.plugins.storage.tar import TarSparseCopy
+from tests.test_pipeline import unused
 
 # -- one command: the same answers and errors as the separate commands ----------------------
 
@@ -316,25 +317,17 @@ formats = []
 class Strategies:
     """Registers a strategy of each kind that is never asked anything."""
 
-    @staticmethod
-    def _unused(kind: str) -> type:
-        from rehost.core.strategies import KINDS
-
-        base = KINDS[kind]
-        return type(f"Unused{kind.title()}", (base,),
-                    {m: lambda self, *a, **k: None for m in base.__abstractmethods__})
-
     @hookimpl
     def rehost_control_planes(self) -> list[StrategyRecord]:
-        return [StrategyRecord("control", "test-control", "-", self._unused("control"))]
+        return [StrategyRecord("control", "test-control", "-", unused("control"))]
 
     @hookimpl
     def rehost_storage_strategies(self) -> list[StrategyRecord]:
-        return [StrategyRecord("storage", "test-storage", "-", self._unused("storage"))]
+        return [StrategyRecord("storage", "test-storage", "-", unused("storage"))]
 
     @hookimpl
     def rehost_allocation_strategies(self) -> list[StrategyRecord]:
-        return [StrategyRecord("allocation", "test-fence", "-", self._unused("allocation"))]
+        return [StrategyRecord("allocation", "test-fence", "-", unused("allocation"))]
 
 
 def _campaign(tmp_path: Path, uri: str = "") -> Any:
