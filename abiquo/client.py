@@ -458,6 +458,7 @@ class AbiquoClient:
         A failed task raises :class:`AbiquoError` (code ``TASK-FAILED``) when ``check``."""
         limit = self.task_timeout if timeout is None else timeout
         deadline = time.monotonic() + limit
+        pauses = self._pauses()
         while True:
             task = self.task(href)
             if task.state not in TASK_RUNNING:
@@ -465,7 +466,7 @@ class AbiquoClient:
             if time.monotonic() >= deadline:
                 raise AbiquoError(None, "TASK-TIMEOUT", f"task {task.type} {task.taskId} still "
                                   f"{task.state} after {limit:g} s", href)
-            time.sleep(min(self.poll_interval, max(0.0, deadline - time.monotonic())))
+            time.sleep(min(next(pauses), max(0.0, deadline - time.monotonic())))
         if check and task.state in TASK_FAILED:
             detail = "; ".join(str(j.get("description", "")) for j in task.failed_jobs)
             raise AbiquoError(None, "TASK-FAILED", f"task {task.type} {task.taskId} "
@@ -478,6 +479,7 @@ class AbiquoClient:
         domain was undefined on its host)."""
         limit = self.task_timeout if timeout is None else timeout
         deadline = time.monotonic() + limit
+        pauses = self._pauses()
         while True:
             now = self.vm(vm)
             if now.state in states:
@@ -485,7 +487,18 @@ class AbiquoClient:
             if time.monotonic() >= deadline:
                 raise AbiquoError(None, "VM-TIMEOUT", f"{vm.name} is {now.state}, not "
                                   f"{'/'.join(sorted(states))}, after {limit:g} s", vm.url)
-            time.sleep(min(self.poll_interval, max(0.0, deadline - time.monotonic())))
+            time.sleep(min(next(pauses), max(0.0, deadline - time.monotonic())))
+
+    #: the first pause between two polls of a task or a VM; each next one is 1.5 times longer,
+    #: up to ``poll_interval``: a task that ends in a second is seen ending within a tenth
+    #: of it, and a long one is still asked once a ``poll_interval``
+    first_poll = 0.1
+
+    def _pauses(self) -> Iterator[float]:
+        pause = min(self.first_poll, self.poll_interval)
+        while True:
+            yield pause
+            pause = min(pause * 1.5, self.poll_interval)
 
     # -- who a VM belongs to: its enterprise and the enterprise's users --------------------------
 

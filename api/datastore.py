@@ -95,7 +95,9 @@ SPARSE = "sparse-"
 #: ``untar ALGO NAME ARGV...`` (run ARGV, a tar that unpacks stdin, and pass it stdin, a GNU tar
 #: stream that must hold the one file NAME; nothing is passed on before NAME's headers are
 #: checked; print the digest and size of the file as it flowed). Exit status 3: refused (the
-#: message says why); otherwise the unpacker's own.
+#: message says why); otherwise the unpacker's own. ``unpack ALGO FOLDER NAME``: the same
+#: stream written by the script itself as ``tar -xp`` would (FOLDER/NAME replaced, its holes
+#: kept, its mode, owner and times from the stream), one process less in the copy's path.
 DIGEST_PY = r'''import os, struct, sys, time
 B = 65536
 CH = 16 * B
@@ -343,8 +345,10 @@ def sparse_map(hdr, src):
         more = blk[504:505] != NUL
 
 
-def read_member(algo, name, src):
-    """Parse the one file of a GNU tar stream; returns its digest and size."""
+def read_member(algo, name, src, opener=None):
+    """Parse the one file of a GNU tar stream; returns its digest, its size and its header.
+    ``opener(hdr)``, called once the headers are checked, returns a file descriptor the data
+    is written to, each segment at its offset (None: nowhere)."""
     longname = None
     while 1:
         hdr = src.take(512)
@@ -373,6 +377,9 @@ def read_member(algo, name, src):
             raise Bad('an unexpected member type %r' % kind)
         break
     src.release()
+    out = None
+    if opener is not None:
+        out = opener(hdr)
     dig = Digest(algo, realsize)
     stored = 0
     last = 0
@@ -381,9 +388,13 @@ def read_member(algo, name, src):
             raise Bad('a sparse map out of order')
         last = off + n
         stored = stored + n
+        if out is not None:
+            os.lseek(out, off, 0)
         while n > 0:
             data = src.some(min(n, CH))
             dig.put(off, data)
+            if out is not None:
+                write_all(out, data)
             off = off + len(data)
             n = n - len(data)
     if stored != size:
@@ -393,12 +404,28 @@ def read_member(algo, name, src):
         raise Bad('the stream holds more than one file')
     if src.rest_is_zero() < 512:
         raise Bad('the stream does not end as a tar archive ends')
-    return dig.hexdigest(), realsize
+    return dig.hexdigest(), realsize, hdr
 
 
 def write_all(fd, data):
     while data:
         data = data[os.write(fd, data):]
+
+
+def grow_pipe(fd):
+    """A 1 MiB pipe buffer where ``fd`` is a pipe and Linux lets it grow (F_SETPIPE_SZ, 2.6.35
+    and later): a 64 KiB one makes a copy stall on every few writes of the process feeding it."""
+    try:
+        import fcntl
+        fcntl.fcntl(fd, 1031, 1048576)
+    except (ImportError, IOError, OSError):
+        pass
+
+
+def as_bytes(name):
+    if not isinstance(name, type(EMPTY)):
+        name = os.fsencode(name)
+    return name
 
 
 def untar(algo, name, argv):
@@ -415,9 +442,10 @@ def untar(algo, name, argv):
                 state['open'] = 0  # the unpacker stopped reading: its status tells
             except IOError:
                 state['open'] = 0
+    grow_pipe(0)
     failure = None
     try:
-        result = read_member(algo, name, Stream(sink))
+        result = read_member(algo, name, Stream(sink))[:2]
     except Bad:
         failure = str(sys.exc_info()[1])
     proc.stdin.close()
@@ -428,6 +456,61 @@ def untar(algo, name, argv):
         sys.stderr.write('rehost: %s exited with %d\n' % (argv[0], code))
         sys.exit(code)
     return result
+
+
+def owner_ids(hdr):
+    """The uid and gid a file of a tar header gets, as ``tar -xp`` run by root gives them:
+    by the user's and group's names where this host knows them, else by their numbers."""
+    import grp
+    import pwd
+    uid, gid = num(hdr[108:116]), num(hdr[116:124])
+    try:
+        uid = pwd.getpwnam(cstr(hdr[265:297]).decode('ascii')).pw_uid
+    except (KeyError, ValueError, UnicodeError, AttributeError):
+        pass
+    try:
+        gid = grp.getgrnam(cstr(hdr[297:329]).decode('ascii')).gr_gid
+    except (KeyError, ValueError, UnicodeError, AttributeError):
+        pass
+    return uid, gid
+
+
+def unpack(algo, folder, name):
+    """Write the one file ``name`` of the GNU tar stream on stdin into ``folder``, as ``tar
+    -xp`` would: an existing file of that name is replaced, nothing is written before the
+    headers are checked, the holes stay holes; then the header's owner, mode and time. A
+    stream refused part way leaves no file."""
+    grow_pipe(0)
+    path = os.path.join(folder, name)
+    state = {}
+
+    def opener(hdr):
+        try:
+            os.unlink(path)
+        except OSError:
+            if os.path.lexists(path):
+                raise
+        state['fd'] = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 384)
+        return state['fd']
+    try:
+        digest, size, hdr = read_member(algo, as_bytes(name), Stream(drop), opener)
+        fd = state['fd']
+        os.ftruncate(fd, size)
+        os.close(fd)
+    except (Bad, OSError, IOError):
+        if 'fd' in state:
+            try:
+                os.close(state['fd'])
+            except OSError:
+                pass
+            os.unlink(path)
+        raise
+    uid, gid = owner_ids(hdr)
+    os.chown(path, uid, gid)
+    os.chmod(path, num(hdr[100:108]) & 4095)
+    mtime = num(hdr[136:148])
+    os.utime(path, (mtime, mtime))
+    return digest, size
 
 
 class Pace:
@@ -521,6 +604,7 @@ def recv(algo, path, mode):
     """Apply the block stream on stdin to ``path``: a new sparse file (``full``; prints the sum
     of each block received, "N SUM"), or the file there (``delta``; prints the file's digest and
     size once written). First line printed: "received BYTES SIZE"."""
+    grow_pipe(0)
     src = Stream(drop)
     src.release()
     if src.take(len(BLOCKS)) != BLOCKS:
@@ -563,6 +647,7 @@ def recv(algo, path, mode):
 def throttle(mib):
     """stdin to stdout, at most ``mib`` MiB a second."""
     pace = Pace(mib)
+    grow_pipe(0)
     while 1:
         data = os.read(0, CH)
         if not data:
@@ -585,10 +670,9 @@ def main(args):
     if mode == 'file':
         return '%s %d' % digest_file(algo, args[2])
     if mode == 'untar':
-        name = args[2]
-        if not isinstance(name, type(EMPTY)):
-            name = os.fsencode(name)
-        return '%s %d' % untar(algo, name, args[3:])
+        return '%s %d' % untar(algo, as_bytes(args[2]), args[3:])
+    if mode == 'unpack':
+        return '%s %d' % unpack(algo, args[2], args[3])
     raise Bad('unknown mode ' + mode)
 
 
@@ -1457,6 +1541,19 @@ class DatastoreStrategy(StorageStrategy):
         if not algorithm.startswith(SPARSE):
             raise ValueError(f"{algorithm!r} is not a sparse digest")
         return digest_argv("untar", algorithm[len(SPARSE):], name, *unpack)
+
+    @staticmethod
+    def digest_write_argv(folder: str, name: str, algorithm: str) -> list[str]:
+        """The command for the target host that reads a GNU tar stream holding the one file
+        ``name`` on its stdin and writes it into ``folder`` itself, as ``tar -xp`` would
+        (replacing a file of that name, holes kept, owner, mode and time from the stream;
+        nothing written before the headers are checked, no file left by a stream refused
+        part way), printing the ``algorithm`` digest of the file as it flowed
+        (:func:`parse_digest` reads it back). The stream must be written with
+        ``--format=gnu`` (tar 1.15 and later)."""
+        if not algorithm.startswith(SPARSE):
+            raise ValueError(f"{algorithm!r} is not a sparse digest")
+        return digest_argv("unpack", algorithm[len(SPARSE):], folder, name)
 
     @staticmethod
     def read_digest(stdout: str, host: str, path: str) -> str:

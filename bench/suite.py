@@ -58,6 +58,9 @@ from bench.common import (
 MIB = 2**20
 SPARSE = {"size_mib": 2048, "data_mib": 102}  # 5 % of 2 GiB
 DENSE = {"size_mib": 512, "data_mib": 512}
+#: the VM moved over a capped link, cold and pre-copied (a small disk next to real VMs': the
+#: larger the disk, the more of the cold downtime is the copy that pre-copy takes out)
+LINKED = {"size_mib": 1024, "data_mib": 1024}
 CAMPAIGN = 12
 SOURCE, OTHER_SOURCE, TARGET = "c5-a", "c5-b", "c6-a"
 
@@ -132,8 +135,8 @@ def description(strategies: list[str]) -> str:
     if precopy_available() is not None:
         out += vm("precopy", SOURCE, SPARSE["size_mib"], SPARSE["data_mib"])
         # the same dense VM twice, moved over a capped link: cold, and pre-copied
-        out += vm("link-cold", SOURCE, DENSE["size_mib"], DENSE["data_mib"])
-        out += vm("precopy-link", SOURCE, DENSE["size_mib"], DENSE["data_mib"])
+        out += vm("link-cold", SOURCE, LINKED["size_mib"], LINKED["data_mib"])
+        out += vm("precopy-link", SOURCE, LINKED["size_mib"], LINKED["data_mib"])
     for par in (1, 4):
         for i in range(CAMPAIGN):
             out += vm(f"p{par}-{i + 1:02d}", (SOURCE, OTHER_SOURCE)[i % 2], 64, 4)
@@ -182,6 +185,8 @@ class Copy:
     parts: dict[str, float | None] = field(default_factory=dict)
     downtime: float | None = None
     error: str | None = None
+    #: the stages of the downtime (power_off to start) and their seconds
+    window: dict[str, float] = field(default_factory=dict)
 
 
 def by_hand(st: Any, path: str) -> dict[str, Copy]:
@@ -243,8 +248,28 @@ def by_rehost(st: Any, strategy: str, vms: list[str] | None = None,
                  for s in ("preserve_disks", "transfer", "verify")}
         total = sum(v for v in parts.values() if v is not None)
         path = st.vm(label)["disks"][0]["path"]
-        out[kind] = Copy(total, tgt.stat(path).allocated, parts, downtime(journal, name))
+        out[kind] = Copy(total, tgt.stat(path).allocated, parts, downtime(journal, name),
+                         window=window(journal, name))
     return out, run
+
+
+def window(journal: list[Any], vm: str) -> dict[str, float]:
+    """The seconds of each stage of ``vm`` from ``power_off`` to ``start``."""
+    from rehost.core.model import VM_STAGES
+
+    inside = VM_STAGES[VM_STAGES.index("power_off"):VM_STAGES.index("start") + 1]
+    out: dict[str, float] = {}
+    for name in inside:
+        seconds = stage_seconds(journal, vm, name)
+        if seconds is not None:
+            out[name] = seconds
+    return out
+
+
+def _window(c: Copy | None) -> str:
+    if c is None or not c.window:
+        return ""
+    return ", ".join(f"{k} {v:.1f}" for k, v in c.window.items())
 
 
 @dataclass
@@ -384,12 +409,19 @@ def report(out: dict[str, Any]) -> str:
         "to start end:")
     add(f"  cold {_s(cold)} s   pre-copy {out['downtime_precopy']}   "
         f"pre-copy / cold {_ratio(out.get('downtime_precopy_s'), cold, T_PRECOPY)}")
+    windows = out.get("windows", {})
+    for label in ("sparse cold", "sparse pre-copy"):
+        if windows.get(label):
+            add(f"    {label}: {windows[label]}")
     if "link_cold_s" in out:
         lc, lp = out.get("link_cold_s"), out.get("link_precopy_s")
-        add(f"Downtime of a dense VM ({DENSE['size_mib']} MiB of data), copies capped at "
+        add(f"Downtime of a dense VM ({LINKED['size_mib']} MiB of data), copies capped at "
             f"{LINK_MIB_S} MiB/s (about a 200 Mb/s link):")
         add(f"  cold {_s(lc)} s   pre-copy {_s(lp)} s   pre-copy / cold "
             f"{_ratio(lp, lc, T_PRECOPY)}")
+        for label in ("capped cold", "capped pre-copy"):
+            if windows.get(label):
+                add(f"    {label}: {windows[label]}")
     add("")
     p1, p4 = out["p1"], out["p4"]
     add(f"Campaign of {CAMPAIGN} VMs (64 MiB disks, {out['default']}), makespan:")
@@ -520,6 +552,7 @@ def main() -> None:
             phases[f"rehost {s}"] = time.monotonic() - step
         sparse = out["by_rehost"].get(default, {}).get("sparse")
         out["downtime_cold"] = sparse.downtime if sparse else None
+        out["windows"] = {"sparse cold": _window(sparse)}
         options = precopy_available()
         out["downtime_precopy"] = "n/a (not built)"
         out["downtime_precopy_s"] = None
@@ -529,6 +562,7 @@ def main() -> None:
             out["runs"].append(run)
             got = moved.get("precopy")
             out["downtime_precopy_s"] = got.downtime if got else None
+            out["windows"]["sparse pre-copy"] = _window(got)
             out["downtime_precopy"] = f"{_s(out['downtime_precopy_s'])} s"
             print("bench: over a capped link, cold and with pre-copy ...", flush=True)
             capped = {"precopy": False, "bwlimit_mib": LINK_MIB_S}
@@ -537,11 +571,13 @@ def main() -> None:
             out["runs"].append(run)
             got = moved.get("link")
             out["link_cold_s"] = got.downtime if got else None
+            out["windows"]["capped cold"] = _window(got)
             moved, run = by_rehost(st, default, vms=["precopy-link"], extra={
                 **options, "storage.options": {**capped, "precopy": True}})
             out["runs"].append(run)
             got = moved.get("precopy")
             out["link_precopy_s"] = got.downtime if got else None
+            out["windows"]["capped pre-copy"] = _window(got)
         for par in (1, 4):
             print(f"bench: campaign of {CAMPAIGN} VMs at --parallel {par} ...", flush=True)
             step = time.monotonic()

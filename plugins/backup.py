@@ -11,14 +11,14 @@ procedure). The site chooses how with ``[backup] strategy`` (``rehost_backup_str
 
 What "verified" means for ``ssh``: the VM runs while it is copied. On the source host the tar
 stream passes through rehost's sparse digest (``digest_argv("untar", ...)``) on its way to the
-backup host, where it passes through the same digest on its way into ``tar -x``; the copy is
-kept only when both digests and the sizes agree. So the backup holds exactly the bytes tar read
-from the disk. When the VM wrote to the disk during the read (tar says "file changed as we read
-it"), those bytes are a crash-consistent-at-best image, not one instant of the disk: the result
-says so (``changed_while_read``). A VM that does not write meanwhile (idle, or off) gets a
-byte-for-byte copy. The stage runs before ``power_off``, so a copy of the powered-off disk is
-not what this stage makes; the user's disk itself stays untouched on the source datastore
-through the move (``X_BACK``) until ``rehost confirm``.
+backup host, where the same digest writes the file as ``tar -xp`` would (``digest_write_argv``);
+the copy is kept only when both digests and the sizes agree. So the backup holds exactly the
+bytes tar read from the disk. When the VM wrote to the disk during the read (tar says "file
+changed as we read it"), those bytes are a crash-consistent-at-best image, not one instant of
+the disk: the result says so (``changed_while_read``). A VM that does not write meanwhile
+(idle, or off) gets a byte-for-byte copy. The stage runs before ``power_off``, so a copy of the
+powered-off disk is not what this stage makes; the user's disk itself stays untouched on the
+source datastore through the move (``X_BACK``) until ``rehost confirm``.
 
 A copy is unpacked into ``DIR/<vm>/.rehost-incoming`` and moved to its name only once checked:
 a file at a backup's name is always a verified copy. Running the stage again (a resumed
@@ -284,8 +284,7 @@ class SshBackup(BackupStrategy):
         both ends. Returns the digest, the size, and whether tar saw the file change."""
         folder, name = posixpath.split(path)
         algorithm = self.algorithm[len(SPARSE):]
-        unpack = DatastoreStrategy.digest_unpack_argv(
-            ["tar", "-C", incoming, "--sparse", "-xpf", "-"], name, self.algorithm)
+        unpack = DatastoreStrategy.digest_write_argv(incoming, name, self.algorithm)
         if host == src:
             receiver = unpack
         else:

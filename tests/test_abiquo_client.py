@@ -188,6 +188,25 @@ def test_task_polling_has_a_time_limit(fake: Fake) -> None:
     assert isinstance(info.value, RehostError)
 
 
+def test_polls_start_quick_and_slow_down_to_the_poll_interval(fake: Fake,
+                                                             monkeypatch: pytest.MonkeyPatch
+                                                             ) -> None:
+    """A task Abiquo ends in a second is seen ending within a tenth of one; a long one is asked
+    once a poll_interval, not more."""
+    pauses: list[float] = []
+    monkeypatch.setattr("rehost.abiquo.client.time.sleep", pauses.append)
+    running = (200, {"taskId": "1", "type": "DEPLOY", "state": "STARTED"})
+    fake.script["/api/t/1"] = [running] * 12 + [
+        (200, {"taskId": "1", "type": "DEPLOY", "state": "FINISHED_SUCCESSFULLY"})]
+    task = client(fake.url, poll_interval=1.0).wait_task("/api/t/1")
+    assert task.state == "FINISHED_SUCCESSFULLY"
+    assert len(pauses) == 12
+    assert pauses[0] == pytest.approx(0.1)
+    assert all(b >= a for a, b in zip(pauses, pauses[1:]))
+    assert sum(pauses[:4]) < 1.0  # four polls within the first second
+    assert pauses[-1] == pytest.approx(1.0) and max(pauses) <= 1.0
+
+
 # -- errors and retries -------------------------------------------------------------------------
 
 

@@ -180,6 +180,89 @@ def test_a_missing_file_is_an_error_that_says_so(tmp_path: Path) -> None:
     assert "No such file" in err.value.stderr
 
 
+def tar_of(source: Path) -> bytes:
+    return subprocess.run(["tar", "-C", str(source.parent), "--format=gnu", "--sparse", "-cf",
+                           "-", source.name], capture_output=True, check=True).stdout
+
+
+def write_into(folder: Path, stream: bytes, name: str) -> subprocess.CompletedProcess[bytes]:
+    """The stream into the digest's own writer (``unpack``), as the target host runs it."""
+    folder.mkdir(exist_ok=True)
+    argv = DatastoreStrategy.digest_write_argv(str(folder), name, "sparse-sha1")
+    return subprocess.run(argv, input=stream, capture_output=True, check=False)
+
+
+def test_the_digest_writes_the_disk_as_tar_would_and_checks_it_as_it_flows(
+        disk: Path, tmp_path: Path) -> None:
+    os.chmod(disk, 0o640)
+    os.chown(disk, 107, 0)  # not root's: the owner comes from the stream
+    os.utime(disk, (1_600_000_000, 1_600_000_000))
+    stream = tar_of(disk)
+    by_tar = tmp_path / "by-tar"
+    by_tar.mkdir()
+    subprocess.run(["tar", "-C", str(by_tar), "--sparse", "-xpf", "-"], input=stream,
+                   check=True)
+    out = write_into(tmp_path / "target", stream, disk.name)
+    assert out.returncode == 0, out.stderr
+    arrived = tmp_path / "target" / disk.name
+    assert DatastoreStrategy.read_digest(out.stdout.decode(), "here", "x") == digest(disk)
+    assert arrived.read_bytes() == disk.read_bytes()
+    mine, tars = os.stat(arrived), os.stat(by_tar / disk.name)
+    assert (mine.st_mode, mine.st_uid, mine.st_gid, mine.st_mtime, mine.st_size) == \
+        (tars.st_mode, tars.st_uid, tars.st_gid, tars.st_mtime, tars.st_size)
+    assert mine.st_blocks <= tars.st_blocks, "the holes were filled"
+    assert mine.st_blocks < os.stat(disk).st_size // 512 // 4
+
+
+def test_the_writer_replaces_a_file_there_and_a_damaged_stream_gives_another_digest(
+        disk: Path, tmp_path: Path) -> None:
+    (tmp_path / "target").mkdir()
+    old = write(tmp_path / "target" / disk.name, 20 * MIB, [(19 * MIB, b"stale")])
+    data = bytearray(tar_of(disk))
+    data[512 + 100] ^= 0x01
+    out = write_into(tmp_path / "target", bytes(data), disk.name)
+    assert out.returncode == 0, out.stderr
+    assert DatastoreStrategy.read_digest(out.stdout.decode(), "here", "x") != digest(disk)
+    assert old.stat().st_size == disk.stat().st_size  # replaced, not written over
+
+
+@pytest.mark.parametrize("how", ["header", "name", "cut", "trailer"])
+def test_a_stream_the_writer_refuses_leaves_no_file(disk: Path, tmp_path: Path,
+                                                    how: str) -> None:
+    data = bytearray(tar_of(disk))
+    if how == "header":
+        data[100] ^= 0x01
+    elif how == "cut":
+        del data[40_000:]  # part way through the data: the file was being written
+    elif how == "trailer":
+        data += b"x" * 512  # something after the archive's end
+    out = write_into(tmp_path / "target", bytes(data),
+                     "other_BACK" if how == "name" else disk.name)
+    assert out.returncode == 3
+    message = {"header": "a tar header with a wrong checksum",
+               "name": "the stream holds another file",
+               "cut": "the stream ended early",
+               "trailer": "the stream does not end as a tar archive ends"}[how]
+    assert f"rehost: {message}" in out.stderr.decode()
+    assert not out.stdout.strip()
+    assert list((tmp_path / "target").iterdir()) == []
+
+
+def test_the_writer_takes_hostile_names_as_data(tmp_path: Path) -> None:
+    for n, name in enumerate(["it's a disk", "$(touch pwned)", "two\nlines", "ünïcödé *"]):
+        folder = tmp_path / f"src{n}"
+        folder.mkdir()
+        source = write(folder / name, 3 * MIB, [(MIB, rnd(1000, n))])
+        line = quote_argv(DatastoreStrategy.digest_write_argv(str(tmp_path / f"t{n}"), name,
+                                                              "sparse-sha1"))
+        (tmp_path / f"t{n}").mkdir()
+        out = subprocess.run(["sh", "-c", line], input=tar_of(source), capture_output=True,
+                             check=False, cwd=tmp_path)
+        assert out.returncode == 0, out.stderr
+        assert (tmp_path / f"t{n}" / name).read_bytes() == source.read_bytes()
+    assert not (tmp_path / "pwned").exists()
+
+
 def python2() -> str | None:
     for found in [shutil.which("python2.7"), shutil.which("python2"),
                   *sorted(glob.glob("/root/.pyenv/versions/2.*/bin/python"))]:
@@ -204,6 +287,10 @@ def test_the_digest_is_the_same_in_python_2(disk: Path, tmp_path: Path) -> None:
                            str(tmp_path / "t"), "-xf", "-"], input=tar, capture_output=True,
                           check=True)
     assert out2.stdout.decode().split()[0] == digest(disk, "sparse-md5")
+    out3 = subprocess.run([py, "-c", DIGEST_PY, "unpack", "sha1", str(tmp_path / "t"),
+                           disk.name], input=tar, capture_output=True, check=True)
+    assert out3.stdout.decode().split()[0] == digest(disk)
+    assert (tmp_path / "t" / disk.name).read_bytes() == disk.read_bytes()
 
 
 #: names CentOS 5's Python 2.4 does not have (2.5 brought most of them)

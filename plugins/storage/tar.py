@@ -5,10 +5,11 @@ disk holding 100 MiB moves about 100 MiB over the network and stays thin on the 
 scp and rsync send every zero. The data never passes through the machine running rehost. It is
 the default strategy where the datastore is not shared.
 
-The copy is checked from what flowed through it, not read again: on the target host the stream
-passes through rehost's digest (``DatastoreStrategy.digest_unpack_argv``) on its way into
-``tar -x``, which computes the sparse digest of the disk as it arrives; the transfer compares it
-with the fingerprint taken when the disk was preserved. (With ``verify = "size"`` or
+The copy is checked from what flowed through it, not read again: on the target host rehost's
+digest (``DatastoreStrategy.digest_write_argv``) reads the stream, writes the disk as ``tar
+-xp`` would (holes kept, owner, mode and time from the stream) and computes the sparse digest
+of the disk as it arrives; the transfer compares it with the fingerprint taken when the disk
+was preserved. (With ``verify = "size"`` or
 ``digest = "whole"`` the arrived copy is checked as with any other copy.)
 
 A disk's backing files are copied the same way, to the same path, where the target lacks them
@@ -97,10 +98,12 @@ class TarSparseCopy(DatastoreStrategy):
     def copy_file(self, source: Shell, path: str, target: Host,
                   algorithm: str | None = None) -> str | None:
         folder, name = os.path.split(path)
-        # the target unpacks into the same folder; tar restores the holes it is sent
-        unpack = ["tar", "-C", folder, "--sparse", "-xpf", "-"]
+        # the target unpacks into the same folder, holes restored: rehost's digest writes the
+        # file itself as it checks the stream (one process and pipe fewer than into tar -x)
         if algorithm:
-            unpack = self.digest_unpack_argv(unpack, name, algorithm)
+            unpack = self.digest_write_argv(folder, name, algorithm)
+        else:
+            unpack = ["tar", "-C", folder, "--sparse", "-xpf", "-"]
         argv = ["sh", "-c", PIPE, "rehost-tar", folder, name,
                 f"{target.ssh_user}@{target.address}", quote_argv(unpack)]
         if self.bwlimit:
