@@ -505,8 +505,9 @@ def unpack(algo, folder, name):
                 pass
             os.unlink(path)
         raise
-    uid, gid = owner_ids(hdr)
-    os.chown(path, uid, gid)
+    if os.geteuid() == 0:  # as tar: only root gives files away
+        uid, gid = owner_ids(hdr)
+        os.chown(path, uid, gid)
     os.chmod(path, num(hdr[100:108]) & 4095)
     mtime = num(hdr[136:148])
     os.utime(path, (mtime, mtime))
@@ -535,6 +536,37 @@ class Pace:
 BLOCKS = 'rehost-blocks-1\n'.encode('ascii')
 REC = '>BQI'
 RECLEN = 13
+#: the block sums file of ``recv full``: this line, "N SUM" per block received (N rising),
+#: then "end COUNT"
+SUMS = 'rehost-sums-1'
+
+
+class Sums:
+    """The block sums file on stdin, read a line at a time (never held whole: a large disk's
+    list is large)."""
+
+    def __init__(self):
+        self.f = os.fdopen(0, 'rb')
+        self.last = -1
+        self.count = 0
+        if self.f.readline().strip() != SUMS.encode('ascii'):
+            raise Bad('no block sums came for the staged copy')
+
+    def next(self):
+        """(N, SUM) of the next block listed, or None after the last."""
+        parts = self.f.readline().split()
+        if len(parts) == 2 and parts[0] == 'end'.encode('ascii'):
+            if int(parts[1]) != self.count:
+                raise Bad('the block sums are not whole')
+            return None
+        if len(parts) != 2:
+            raise Bad('the block sums are not whole')
+        i = int(parts[0])
+        if i <= self.last:
+            raise Bad('the block sums are out of order')
+        self.last = i
+        self.count = self.count + 1
+        return i, parts[1].decode('ascii')
 
 
 def blocks_of(fd, size, path):
@@ -554,14 +586,14 @@ def block_sum(algo, data):
 
 def send(algo, path, mib, mode):
     """Write the block stream of ``path`` to stdout: every block holding data (``full``), or
-    (``delta``) the blocks whose sum differs from the one stdin lists for them ("N SUM" lines,
-    the sums of what was sent before), and zeros for a listed block that holds none now."""
-    sums = {}
+    (``delta``) the blocks whose sum differs from the one the block sums file on stdin lists
+    for them (the sums of what was sent before), and zeros for a listed block that holds none
+    now. The list and the file are both read in block order, side by side."""
+    sums = None
+    listed = None
     if mode == 'delta':
-        for line in sys.stdin.read().split('\n'):
-            parts = line.split()
-            if len(parts) == 2:
-                sums[int(parts[0])] = parts[1]
+        sums = Sums()
+        listed = sums.next()
     elif mode != 'full':
         raise Bad('unknown send mode ' + mode)
     fd = os.open(path, os.O_RDONLY)
@@ -571,10 +603,17 @@ def send(algo, path, mib, mode):
     for off, data in blocks_of(fd, size, path):
         i = off // B
         zero = data == ZB[:len(data)]
-        if mode == 'delta':
-            old = sums.get(i)
-            if old is not None:
-                del sums[i]
+        if sums is not None:
+            while listed is not None and listed[0] < i:
+                # it held data when it was sent; it lies in a hole now
+                gone = listed[0] * B
+                if gone < size:
+                    write_all(1, struct.pack(REC, 2, gone, min(B, size - gone)))
+                listed = sums.next()
+            old = None
+            if listed is not None and listed[0] == i:
+                old = listed[1]
+                listed = sums.next()
             if zero:
                 if old is not None:
                     write_all(1, struct.pack(REC, 2, off, len(data)))
@@ -586,11 +625,11 @@ def send(algo, path, mib, mode):
         write_all(1, struct.pack(REC, 1, off, len(data)))
         write_all(1, data)
         pace.spend(len(data) + RECLEN)
-    for i in sorted(sums.keys()):
-        # it held data when it was sent; it lies in a hole now
-        off = i * B
-        if off < size:
-            write_all(1, struct.pack(REC, 2, off, min(B, size - off)))
+    while listed is not None:
+        gone = listed[0] * B
+        if gone < size:
+            write_all(1, struct.pack(REC, 2, gone, min(B, size - gone)))
+        listed = sums.next()
     write_all(1, struct.pack(REC, 3, 0, 0))
     os.close(fd)
     return None
@@ -600,24 +639,30 @@ def drop(data):
     pass
 
 
-def recv(algo, path, mode):
-    """Apply the block stream on stdin to ``path``: a new sparse file (``full``; prints the sum
-    of each block received, "N SUM"), or the file there (``delta``; prints the file's digest and
-    size once written). First line printed: "received BYTES SIZE"."""
+def recv(algo, path, mode, sums_path=None):
+    """Apply the block stream on stdin to ``path``: a new sparse file (``full``; the sum of
+    each block received goes to the block sums file ``sums_path``, whole or not at all), or the
+    file there (``delta``; prints the file's digest and size once written). First line
+    printed: "received BYTES SIZE"."""
     grow_pipe(0)
     src = Stream(drop)
     src.release()
     if src.take(len(BLOCKS)) != BLOCKS:
         raise Bad('not a block stream')
     size = struct.unpack('>Q', src.take(8))[0]
+    listing = None
     if mode == 'full':
+        if not sums_path:
+            raise Bad('recv full: where do the block sums go?')
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 384)
+        listing = open(sums_path + '.part', 'wb')
+        listing.write((SUMS + '\n').encode('ascii'))
     elif mode == 'delta':
         fd = os.open(path, os.O_WRONLY)
     else:
         raise Bad('unknown recv mode ' + mode)
     os.ftruncate(fd, size)
-    lines = []
+    count = 0
     got = 0
     while 1:
         kind, off, n = struct.unpack(REC, src.take(RECLEN))
@@ -630,8 +675,9 @@ def recv(algo, path, mode):
             data = src.take(n)
             write_all(fd, data)
             got = got + n
-            if mode == 'full':
-                lines.append('%d %s' % (off // B, block_sum(algo, data)))
+            if listing is not None:
+                listing.write(('%d %s\n' % (off // B, block_sum(algo, data))).encode('ascii'))
+                count = count + 1
         elif kind == 2:
             write_all(fd, ZB[:n])
         else:
@@ -639,8 +685,13 @@ def recv(algo, path, mode):
     os.fsync(fd)
     os.close(fd)
     head = 'received %d %d' % (got, size)
-    if mode == 'full':
-        return '\n'.join([head] + lines)
+    if listing is not None:
+        listing.write(('end %d\n' % count).encode('ascii'))
+        listing.flush()
+        os.fsync(listing.fileno())
+        listing.close()
+        os.rename(sums_path + '.part', sums_path)
+        return head
     return '%s\n%s %d' % ((head,) + digest_file(algo, path))
 
 
@@ -666,7 +717,7 @@ def main(args):
     if mode == 'send':
         return send(algo, args[2], args[3], args[4])
     if mode == 'recv':
-        return recv(algo, args[2], args[3])
+        return recv(algo, args[2], args[3], (args[4:] or [None])[0])
     if mode == 'file':
         return '%s %d' % digest_file(algo, args[2])
     if mode == 'untar':
@@ -706,7 +757,22 @@ BLOCK_PIPE = ('d=$1; r=$2; l=$3; shift 3; exec 3>&1; '
               '[ "$st" = 0 ] || { echo "rehost: the sender exited with $st on the source host" '
               '>&2; exit 1; }')
 
+#: the same, for a delta: ``$4`` the command that prints the staged copy's block sums file on
+#: the target host (quoted for its shell), piped into the sender
+BLOCK_PIPE_DELTA = ('d=$1; r=$2; l=$3; c=$4; shift 4; exec 3>&1; '
+                    'st=$( { ssh -o BatchMode=yes -- "$d" "$c" '
+                    '| { sh -c "$l" rehost-digest "$@"; echo "$?" >&4; } '
+                    '| ssh -o BatchMode=yes -- "$d" "$r" >&3; } 4>&1 ); rc=$?; '
+                    '[ "$rc" = 0 ] || exit "$rc"; '
+                    '[ "$st" = 0 ] || { echo "rehost: the sender exited with $st on the source '
+                    'host" >&2; exit 1; }')
+
 RECEIVED = re.compile(r"^received (\d+) (\d+)$", re.M)
+
+
+def sums_path(staging: str) -> str:
+    """Where the target host keeps the block sums of a staged copy (beside it)."""
+    return staging + ".sums"
 
 
 def staging_path(disk: Disk) -> str:
@@ -1251,9 +1317,13 @@ class DatastoreStrategy(StorageStrategy):
         there = ctx.shell(pre.host)
         steps = []
         for item in pre.staged:
-            if item.staging.endswith(STAGING_SUFFIX) and there.exists(item.staging):
+            if not item.staging.endswith(STAGING_SUFFIX):
+                continue
+            if there.exists(item.staging):
                 there.remove(item.staging)
                 steps.append(f"removed the staged copy {item.staging} on {pre.host}")
+            if there.exists(sums_path(item.staging)):
+                there.remove(sums_path(item.staging))
         return steps
 
     # -- pre-copy -----------------------------------------------------------------------------
@@ -1265,25 +1335,28 @@ class DatastoreStrategy(StorageStrategy):
             return self.content_algorithm[len(SPARSE):]
         return "sha1"
 
-    def send_blocks(self, source: Shell, path: str, target: Host, dest: str, mode: str,
-                    sums: str = "") -> str:
+    def send_blocks(self, source: Shell, path: str, target: Host, dest: str,
+                    mode: str) -> str:
         """Send ``path`` on ``source``'s host to ``dest`` on ``target`` as a block stream of
         :data:`DIGEST_PY`, host to host, at most :attr:`bwlimit` MiB a second: every block
-        that holds data into a new sparse file (``full``), or (``delta``) the blocks whose sum
-        is not the one ``sums`` lists, into the file there. Returns what the target printed
-        (``full``: "received BYTES SIZE" and the sum of each block; ``delta``: that line and
-        the digest of ``dest`` once written)."""
+        that holds data into a new sparse file (``full``; the target keeps the sum of each
+        block in :func:`sums_path` of ``dest``), or (``delta``) the blocks whose sum is not
+        the one that file lists, into the file there. The sums go from the target host to
+        the source host directly, never through rehost (a large disk's list is large).
+        Returns what the target printed (``full``: "received BYTES SIZE"; ``delta``: that
+        line and the digest of ``dest`` once written)."""
         algo = self.block_algorithm()
+        dest_at = f"{target.ssh_user}@{target.address}"
+        timeout = float(getattr(self, "timeout", 6 * 3600))
+        send = [PY_LAUNCH, DIGEST_PY, "send", algo, path, f"{self.bwlimit:g}", mode]
+        if mode == "full":
+            recv = digest_argv("recv", algo, dest, mode, sums_path(dest))
+            return source.run(["sh", "-c", BLOCK_PIPE, "rehost-blocks", dest_at,
+                               quote_argv(recv), *send], timeout=timeout).stdout
         recv = digest_argv("recv", algo, dest, mode)
-        out = source.run(["sh", "-c", BLOCK_PIPE, "rehost-blocks",
-                          f"{target.ssh_user}@{target.address}", quote_argv(recv), PY_LAUNCH,
-                          DIGEST_PY, "send", algo, path, f"{self.bwlimit:g}", mode],
-                         input=sums, timeout=float(getattr(self, "timeout", 6 * 3600)))
-        return out.stdout
-
-    def sums_file(self, ctx: Context, vm: VM, disk: Disk) -> Any:
-        """The block sums of what :meth:`precopy` sent of ``disk`` (in the state directory)."""
-        return ctx.vm_dir(vm) / f"precopy-{disk.target}.sums"
+        return source.run(["sh", "-c", BLOCK_PIPE_DELTA, "rehost-blocks", dest_at,
+                           quote_argv(recv), send[0], quote_argv(["cat", "--", sums_path(dest)]),
+                           *send[1:]], timeout=timeout).stdout
 
     def precopy_off(self, vm: VM, ctx: Context) -> str | None:
         """Why this VM is not pre-copied (``None``: it is)."""
@@ -1348,17 +1421,17 @@ class DatastoreStrategy(StorageStrategy):
             except BaseException:
                 try:
                     there.remove(staging)
+                    there.remove(sums_path(staging))
                 except RehostError as exc:
                     ctx.log.warning("{}: the partial staged copy {} on {} stays: {}",
                                     vm.name, staging, host, exc)
                 raise
             found = RECEIVED.search(out)
-            if found is None:
+            if found is None or not there.exists(sums_path(staging)):
                 there.remove(staging)
+                there.remove(sums_path(staging))
                 raise PreconditionError(f"{staging} on {host}: the pre-copy did not say what "
                                         f"arrived ({out[-200:]!r})")
-            sums = "\n".join(ln for ln in out.splitlines() if ln and ln[0].isdigit()) + "\n"
-            self.sums_file(ctx, vm, disk).write_text(sums)
             staged.append(StagedDisk(path=path, staging=staging, size=int(found.group(2)),
                                      bytes=int(found.group(1)),
                                      seconds=round(time.monotonic() - t0, 3)))
@@ -1386,29 +1459,34 @@ class DatastoreStrategy(StorageStrategy):
             note = f"pre-copied to {pre.host} but deployed on {tgt}: copied in full"
             try:
                 ctx.shell(pre.host).remove(item.staging)
+                ctx.shell(pre.host).remove(sums_path(item.staging))
             except RehostError as exc:
                 note += f" (the staged copy {item.staging} there stays: {exc})"
             return None, note
         there = ctx.shell(tgt)
-        sums = self.sums_file(ctx, vm, disk)
-        if not there.exists(item.staging) or not sums.exists():
+        sums = sums_path(item.staging)
+        if not there.exists(item.staging) or not there.exists(sums):
             there.remove(item.staging)
+            there.remove(sums)
             return None, f"the staged copy {item.staging} on {tgt} is gone: copied in full"
         back = backup_path(disk)
         t0 = time.monotonic()
         try:
             out = self.send_blocks(ctx.shell(source_host(vm)), back, ctx.host(tgt),
-                                   item.staging, "delta", sums.read_text())
+                                   item.staging, "delta")
             check = self._check_staged(vm, ctx, tgt, disk, item.staging, out)
             there.rename(item.staging, back)
+            there.remove(sums)
         except PreconditionError as exc:
             there.remove(item.staging)
+            there.remove(sums)
             return None, f"the staged copy on {tgt} was not the user's disk after the " \
                          f"delta ({exc}): copied in full"
         except BaseException:
             # a copy cut short: no staged copy is trusted again, nor left behind
             try:
                 there.remove(item.staging)
+                there.remove(sums)
             except RehostError:
                 pass
             raise

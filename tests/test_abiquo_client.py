@@ -202,7 +202,7 @@ def test_polls_start_quick_and_slow_down_to_the_poll_interval(fake: Fake,
     assert task.state == "FINISHED_SUCCESSFULLY"
     assert len(pauses) == 12
     assert pauses[0] == pytest.approx(0.1)
-    assert all(b >= a for a, b in zip(pauses, pauses[1:]))
+    assert pauses == sorted(pauses)  # never quicker again
     assert sum(pauses[:4]) < 1.0  # four polls within the first second
     assert pauses[-1] == pytest.approx(1.0) and max(pauses) <= 1.0
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from rehost.api.datastore import DIGEST_PY, staging_path
+from rehost.api.datastore import DIGEST_PY, staging_path, sums_path
 from rehost.core.errors import ConfigError, PreconditionError
 from rehost.core.model import Disk
 from rehost.plugins.storage.scp import ScpCopy
@@ -37,12 +37,16 @@ def thin_disk(path: Path) -> None:
 
 
 def stage(py: str, src: Path, dst: Path) -> str:
-    """The pre-copy: ``src`` to ``dst`` in full; returns the block sums it printed."""
-    out = run(py, "recv", "sha1", str(dst), "full",
+    """The pre-copy: ``src`` to ``dst`` in full; returns the block sums file it wrote."""
+    sums = sums_path(str(dst))
+    out = run(py, "recv", "sha1", str(dst), "full", sums,
               data=run(py, "send", "sha1", str(src), "0", "full")).decode()
-    head, *sums = out.splitlines()
-    assert head == f"received {len(sums) * B} {SIZE}"
-    return "\n".join(sums) + "\n"
+    text = Path(sums).read_text()
+    lines = text.splitlines()
+    assert lines[0] == "rehost-sums-1" and lines[-1] == f"end {len(lines) - 2}"
+    assert out.splitlines() == [f"received {(len(lines) - 2) * B} {SIZE}"]
+    assert not Path(sums + ".part").exists()
+    return text
 
 
 def delta(py: str, src: Path, dst: Path, sums: str) -> tuple[int, str]:
@@ -51,6 +55,13 @@ def delta(py: str, src: Path, dst: Path, sums: str) -> tuple[int, str]:
               data=run(py, "send", "sha1", str(src), "0", "delta",
                        data=sums.encode())).decode().splitlines()
     return int(out[0].split()[1]), out[-1].split()[0]
+
+
+def send_fails(py: str, src: Path, sums: str) -> str:
+    proc = subprocess.run([py, "-c", DIGEST_PY, "send", "sha1", str(src), "0", "delta"],
+                          input=sums.encode(), capture_output=True, check=False)
+    assert proc.returncode == 3
+    return proc.stderr.decode()
 
 
 def digest(py: str, path: Path) -> str:
@@ -100,6 +111,19 @@ def test_damage_to_the_staged_copy_that_the_delta_does_not_resend_changes_its_di
     sent, got = delta(py, src, dst, sums)
     assert sent == 0
     assert got != digest(py, src)
+
+
+def test_the_sender_refuses_block_sums_that_are_not_whole(py: str, tmp_path: Path) -> None:
+    """The list is read as it comes, never held whole; a list cut short, out of order or
+    missing is refused, not taken for "nothing changed"."""
+    src, dst = tmp_path / "disk", tmp_path / "disk.rehost-precopy"
+    thin_disk(src)
+    sums = stage(py, src, dst)
+    lines = sums.splitlines()
+    assert "no block sums came" in send_fails(py, src, "")
+    assert "not whole" in send_fails(py, src, "\n".join(lines[:-3]) + "\n")
+    swapped = [lines[0], lines[2], lines[1], *lines[3:]]
+    assert "out of order" in send_fails(py, src, "\n".join(swapped) + "\n")
 
 
 def test_the_bandwidth_cap_passes_every_byte(tmp_path: Path) -> None:
