@@ -2,12 +2,13 @@
 
 As root, from the repository root. It brings up a rehearsal lab (``REHOST_LAB_INSTANCE``,
 default 60; two CentOS 5 hosts, one CentOS 6 host, an Abiquo emulator), measures, prints one
-table, and takes the lab down (also when it fails). About 10 minutes on 2 cores (15 with a
-load average of 10 from other work).
+table, and takes the lab down (also when it fails). About 10 minutes on 2 cores (more with
+other work on the machine).
 
 - **Disk copies**, source host to target host, warm page cache: one sparse disk (2 GiB
   virtual, 5 % allocated, raw) and one dense disk (512 MiB of random data), moved by hand with
-  ``scp``, ``rsync -S`` and ``tar --sparse`` piped over ssh, and moved by rehost with each
+  ``scp``, ``rsync -S`` and ``tar --sparse`` piped over ssh (each three times, round after
+  round; the median is shown, and the dense runs beside it), and moved by rehost with each
   storage strategy the registry offers (``rehost plugins``; ``shared`` needs a shared
   datastore and is left out). For rehost: ``preserve_disks`` (the source fingerprint),
   ``transfer`` (the copy and its check on arrival) and ``verify`` (on the target after start)
@@ -16,7 +17,9 @@ load average of 10 from other work).
   Cold: the sparse disk's VM of the default strategy. With pre-copy: a VM with the same disk,
   ``storage.options.precopy = true``; once its disk is staged on the target, 1 % of its 64 KiB
   blocks are rewritten on the source host while it still runs (``bench/precopy_change.py``),
-  so that the delta has 1 % of the disk to send.
+  so that the delta has 1 % of the disk to send. The same for a VM with 1 GiB of random data,
+  its copies capped at 25 MiB/s (about a 200 Mb/s link), cold and pre-copied. Each downtime is
+  shown stage by stage.
 - **Makespan** of a 12-VM campaign at ``--parallel 1`` and at ``--parallel 4``: the ``rehost
   run`` process, start to exit, and its journal from the first to the last event.
 - **Preflight**: ``rehost run --dry-run`` on every VM of the lab, the first time after the lab
@@ -40,6 +43,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +82,8 @@ T_OWN = 0.5  # seconds of rehost's own time per VM
 T_MEMORY = 200.0  # MB peak memory
 
 BY_HAND = ("scp", "rsync -S", "tar --sparse")
+#: each copy by hand is timed this many times; the table shows the median (the spread beside)
+HAND_ROUNDS = 3
 
 
 # -- the lab -----------------------------------------------------------------------------------
@@ -209,15 +215,21 @@ def by_hand(st: Any, path: str) -> dict[str, Copy]:
                          quote_argv(["tar", "-C", folder, "--sparse", "-xpf", "-"])],
     }
     out: dict[str, Copy] = {}
-    for tool, argv in argvs.items():
-        tgt.run(["rm", "-f", "--", copy])
-        began = time.monotonic()
-        try:
-            src.run(argv, timeout=3600)
-        except Exception as exc:
-            out[tool] = Copy(None, error=str(exc))
-            continue
-        out[tool] = Copy(time.monotonic() - began, tgt.stat(copy).allocated)
+    times: dict[str, list[float]] = {tool: [] for tool in argvs}
+    for _ in range(HAND_ROUNDS):  # round after round, so that the machine's drift hits all
+        for tool, argv in argvs.items():
+            if tool in out and out[tool].error:
+                continue
+            tgt.run(["rm", "-f", "--", copy])
+            began = time.monotonic()
+            try:
+                src.run(argv, timeout=3600)
+            except Exception as exc:
+                out[tool] = Copy(None, error=str(exc))
+                continue
+            times[tool].append(time.monotonic() - began)
+            out[tool] = Copy(statistics.median(times[tool]), tgt.stat(copy).allocated,
+                             {f"run {i + 1}": t for i, t in enumerate(times[tool])})
     tgt.run(["rm", "-rf", "--", folder])
     return out
 
@@ -376,7 +388,9 @@ def report(out: dict[str, Any]) -> str:
         sp, de = hand["sparse"].get(tool), hand["dense"].get(tool)
         add(f"{'by hand: ' + tool:40} {_s(sp.seconds if sp else None):>9} "
             f"{_mib(sp.allocated if sp else None):>14}   {_s(de.seconds if de else None):>8} "
-            f"{_mib(de.allocated if de else None):>14}")
+            f"{_mib(de.allocated if de else None):>14}   "
+            f"(median of {HAND_ROUNDS}; dense runs: "
+            f"{', '.join(_s(v) for v in (de.parts.values() if de else []))} s)")
     for strategy, kinds in moved.items():
         sp, de = kinds.get("sparse"), kinds.get("dense")
         add(f"{'rehost ' + strategy + ' (with verification)':40} "
