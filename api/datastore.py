@@ -639,11 +639,23 @@ def drop(data):
     pass
 
 
+def step(items):
+    """The next item of an iterator, or None (Python 2.4 has no ``next``)."""
+    for item in items:
+        return item
+    return None
+
+
 def recv(algo, path, mode, sums_path=None):
     """Apply the block stream on stdin to ``path``: a new sparse file (``full``; the sum of
     each block received goes to the block sums file ``sums_path``, whole or not at all), or the
     file there (``delta``; prints the file's digest and size once written). First line
-    printed: "received BYTES SIZE"."""
+    printed: "received BYTES SIZE".
+
+    A delta's digest is taken in the same pass as the records are applied: the blocks of the
+    file that hold data and that no record replaces are read (the file's data ranges as they
+    were before the first write), in block order beside the records, so the file is not read
+    again once written."""
     grow_pipe(0)
     src = Stream(drop)
     src.release()
@@ -651,6 +663,7 @@ def recv(algo, path, mode, sums_path=None):
         raise Bad('not a block stream')
     size = struct.unpack('>Q', src.take(8))[0]
     listing = None
+    dig = None
     if mode == 'full':
         if not sums_path:
             raise Bad('recv full: where do the block sums go?')
@@ -659,17 +672,32 @@ def recv(algo, path, mode, sums_path=None):
         listing.write((SUMS + '\n').encode('ascii'))
     elif mode == 'delta':
         fd = os.open(path, os.O_WRONLY)
+        dig = Digest(algo, size)
     else:
         raise Bad('unknown recv mode ' + mode)
     os.ftruncate(fd, size)
+    if dig is not None:
+        rfd = os.open(path, os.O_RDONLY)
+        staged = blocks_of(rfd, size, path)
+        here = step(staged)  # the file's data ranges are taken now, before any write
     count = 0
     got = 0
+    last = 0
     while 1:
         kind, off, n = struct.unpack(REC, src.take(RECLEN))
         if kind == 3:
             break
         if off + n > size or n > B:
             raise Bad('a block beyond the end of the file')
+        if off < last or off % B:
+            raise Bad('the block stream is out of order')
+        last = off + n
+        if dig is not None:
+            while here is not None and here[0] < off:
+                dig.put(here[0], here[1])
+                here = step(staged)
+            if here is not None and here[0] == off:
+                here = step(staged)  # replaced by the record
         os.lseek(fd, off, 0)
         if kind == 1:
             data = src.take(n)
@@ -678,6 +706,8 @@ def recv(algo, path, mode, sums_path=None):
             if listing is not None:
                 listing.write(('%d %s\n' % (off // B, block_sum(algo, data))).encode('ascii'))
                 count = count + 1
+            if dig is not None and data != ZB[:n]:
+                dig.put(off, data)
         elif kind == 2:
             write_all(fd, ZB[:n])
         else:
@@ -692,7 +722,11 @@ def recv(algo, path, mode, sums_path=None):
         listing.close()
         os.rename(sums_path + '.part', sums_path)
         return head
-    return '%s\n%s %d' % ((head,) + digest_file(algo, path))
+    while here is not None:
+        dig.put(here[0], here[1])
+        here = step(staged)
+    os.close(rfd)
+    return '%s\n%s %d' % (head, dig.hexdigest(), size)
 
 
 def throttle(mib):

@@ -126,6 +126,27 @@ def test_the_sender_refuses_block_sums_that_are_not_whole(py: str, tmp_path: Pat
     assert "out of order" in send_fails(py, src, "\n".join(swapped) + "\n")
 
 
+def test_a_delta_whose_blocks_come_out_of_order_is_refused(py: str, tmp_path: Path) -> None:
+    """The receiver takes the digest beside the records, in block order: a stream that goes
+    back is refused, never digested wrong."""
+    import struct
+
+    src, dst = tmp_path / "disk", tmp_path / "disk.rehost-precopy"
+    thin_disk(src)
+    stage(py, src, dst)
+
+    def rec(kind: int, off: int, data: bytes = b"") -> bytes:
+        return struct.pack(">BQI", kind, off, len(data) if kind == 1 else B) + data
+
+    stream = (b"rehost-blocks-1\n" + struct.pack(">Q", SIZE) + rec(1, 4 * B, b"x" * B)
+              + rec(1, 2 * B, b"y" * B) + rec(3, 0))
+    proc = subprocess.run([py, "-c", DIGEST_PY, "recv", "sha1", str(dst), "delta"],
+                          input=stream, capture_output=True, check=False)
+    assert proc.returncode == 3
+    assert "rehost: the block stream is out of order" in proc.stderr.decode()
+    assert not proc.stdout.strip()
+
+
 def test_the_bandwidth_cap_passes_every_byte(tmp_path: Path) -> None:
     data = os.urandom(3 * B + 5)
     assert run(sys.executable, "throttle", "1000", data=data) == data
