@@ -1343,21 +1343,39 @@ class DatastoreStrategy(StorageStrategy):
         return steps + self.discard_staging(vm, ctx)
 
     def discard_staging(self, vm: VM, ctx: Context) -> list[str]:
-        """Remove what :meth:`precopy` staged on the predicted target host (the stage's
-        record says where). Only files named ``X.rehost-precopy``: never a disk."""
-        pre = vm.fact(PrecopyResult)
-        if pre is None or not pre.host or not pre.staged:
+        """Remove what :meth:`precopy` staged of this VM's disks: the staged copies
+        ``X.rehost-precopy`` and their block sums, on the host the stage's record names and on
+        every other target host (a pre-copy cut short by a crash records nothing, and a
+        resumed one may have staged elsewhere). Only files of those names, never one that a
+        domain on that host uses as a disk."""
+        if not self.precopies or not vm.file_disks():
             return []
-        there = ctx.shell(pre.host)
-        steps = []
-        for item in pre.staged:
-            if not item.staging.endswith(STAGING_SUFFIX):
+        pre = vm.fact(PrecopyResult)
+        hosts = [h.name for h in ctx.config.targets()]
+        if pre is not None and pre.host and pre.host not in hosts:
+            hosts.insert(0, pre.host)
+        steps: list[str] = []
+        for host in hosts:
+            staged = [staging_path(d) for d in vm.file_disks()]
+            names = [n for st in staged for n in (st, sums_path(st), sums_path(st) + ".part")]
+            try:
+                there = ctx.shell(host)
+                found = [n for n, stat in there.probe_paths(names).items() if stat is not None]
+                if not found:
+                    continue
+                used = self._disks_on(ctx, host)
+            except RehostError as exc:
+                ctx.log.warning("{}: cannot look for staged copies on {}: {}", vm.name, host,
+                                exc)
                 continue
-            if there.exists(item.staging):
-                there.remove(item.staging)
-                steps.append(f"removed the staged copy {item.staging} on {pre.host}")
-            if there.exists(sums_path(item.staging)):
-                there.remove(sums_path(item.staging))
+            for name in found:
+                if name in used:
+                    ctx.log.warning("{}: {} on {} is a disk of the domain {}: left there",
+                                    vm.name, name, host, used[name])
+                    continue
+                there.remove(name)
+                if name.endswith(STAGING_SUFFIX):
+                    steps.append(f"removed the staged copy {name} on {host}")
         return steps
 
     # -- pre-copy -----------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -40,7 +41,7 @@ DURING = "during"
 @dataclass(frozen=True)
 class Point:
     control: str  # abiquo or libvirt
-    storage: str  # scp, tar, shared
+    storage: str  # scp, tar, shared, or tar-precopy (tar, pre-copying every VM)
     when: str  # after or during
     stage: str
     then: str = "resume"  # or rollback
@@ -67,6 +68,13 @@ def points(full: bool) -> list[Point]:
         out.append(Point("abiquo", "shared", AFTER, stage))
     for stage in ("swap_disks", "start"):
         out.append(Point("abiquo", "shared", AFTER, stage, "rollback"))
+    # pre-copy: a staged copy (and its block sums) on the target while the VM still runs
+    for stage in ("precopy", "power_off", "preserve_disks", "transfer"):
+        out.append(Point("libvirt", "tar-precopy", AFTER, stage))
+    out.append(Point("libvirt", "tar-precopy", DURING, "precopy"))
+    for stage in ("precopy", "preserve_disks"):
+        out.append(Point("libvirt", "tar-precopy", AFTER, stage, "rollback"))
+    out.append(Point("libvirt", "tar-precopy", DURING, "precopy", "rollback"))
     if full:
         return out
     small = [Point("libvirt", "tar", AFTER, "undefine"),
@@ -74,7 +82,8 @@ def points(full: bool) -> list[Point]:
              Point("libvirt", "tar", AFTER, "swap_disks", "rollback"),
              Point("abiquo", "scp", AFTER, "deploy"),
              Point("abiquo", "scp", DURING, "transfer", "rollback"),
-             Point("abiquo", "scp", AFTER, "start")]
+             Point("abiquo", "scp", AFTER, "start"),
+             Point("libvirt", "tar-precopy", DURING, "precopy", "rollback")]
     return [p for p in out if p in small]
 
 
@@ -118,12 +127,16 @@ def _seen(journal: Path, vm: str, stage: str, events: tuple[str, ...]) -> bool:
     return row is not None
 
 
-def _arrived(st: Any, vm: dict[str, Any]) -> bool:
-    """The copy has begun: a backup file of the VM is on the target."""
+def _arrived(st: Any, vm: dict[str, Any], suffix: str = "_BACK") -> bool:
+    """The copy has begun: a backup file of the VM (or a staged copy) is on the target."""
     from tests.campaign_helpers import shell
 
     target = shell(st, "c6-a")
-    return any(target.exists(d["path"] + "_BACK") for d in vm["disks"])
+    return any(target.exists(d["path"] + suffix) for d in vm["disks"])
+
+
+#: what a pre-copy leaves on the target until the transfer takes it (none may stay after)
+STAGED = (".rehost-precopy", ".rehost-precopy.sums", ".rehost-precopy.sums.part")
 
 
 def kill_at(st: Any, point: Point, vm: dict[str, Any], deadline: float) -> str:
@@ -139,7 +152,8 @@ def kill_at(st: Any, point: Point, vm: dict[str, Any], deadline: float) -> str:
     try:
         while time.monotonic() < deadline and proc.poll() is None:
             if _seen(journal, vm["domain"], point.stage, events) and (
-                    point.when == AFTER or point.stage != "transfer" or _arrived(st, vm)):
+                    point.when == AFTER or point.stage not in ("transfer", "precopy")
+                    or _arrived(st, vm, STAGED[0] if point.stage == "precopy" else "_BACK")):
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
                 return "killed"
@@ -203,6 +217,9 @@ def check(st: Any, point: Point, vm: dict[str, Any], rules: Any) -> tuple[bool, 
                 wrong.append(f"{d['path']}_BACK left on {h['name']}")
             if h["name"] != host and other.exists(d["path"]) and not shared:
                 wrong.append(f"{d['path']} left on {h['name']}")
+            for suffix in STAGED:
+                if other.exists(d["path"] + suffix):
+                    wrong.append(f"{d['path']}{suffix} left on {h['name']}")
     return False, wrong
 
 
@@ -231,9 +248,15 @@ def lab_for(control: str, storage: str, vms: int, root: Path) -> Iterator[Any]:
     path.write_text(lab_description(control, storage, vms))
     st = labmod.up(path)
     try:
-        # the lab chooses scp, or shared on a shared datastore
-        cfg = st.site_config.read_text().replace('[storage]\nstrategy = "scp"',
-                                                 f'[storage]\nstrategy = "{storage}"')
+        # the lab chooses tar, or shared on a shared datastore: the point's strategy instead
+        strategy = "tar" if storage == "tar-precopy" else storage
+        cfg, count = re.subn(r'(?m)^\[storage\]\nstrategy = "[^"]*"$',
+                             f'[storage]\nstrategy = "{strategy}"', st.site_config.read_text())
+        assert count == 1, "the lab's site config has no [storage] strategy to replace"
+        if storage == "tar-precopy":
+            # every VM pre-copied, slowly enough (about 1.5 s for its 3 MiB) to be struck
+            # while its staged copy is being written
+            cfg += "\n[storage.options]\nprecopy = true\nbwlimit_mib = 2\n"
         if control == "libvirt":
             # every VM of the matrix lands on the one target host, which has this machine's
             # few cores: no CPU cap for these tiny guests
