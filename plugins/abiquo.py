@@ -493,8 +493,11 @@ class AbiquoControl(ControlPlane):
         disks = ctx.storage.check_restored(vm, ctx)
         # what the move left on the target (a copy, a partial copy): the disks on the source
         # were just found to be the user's, so those are copies
-        for other in {h for h in (here, vm.target_host) if h and h != src}:
+        others = {h for h in (here, vm.target_host) if h and h != src}
+        for other in others:
             steps += ctx.storage.discard_copies(vm, ctx, other)
+        if not others:  # never deployed: what a pre-copy staged is all the move left there
+            steps += ctx.storage.discard_staging(vm, ctx)
         vm.target_host = None
         return RollbackResult(host=src, steps=steps, disks=disks, pending=[],
                               abiquo_state=c.vm(avm).state, libvirt_state=state)

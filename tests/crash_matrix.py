@@ -75,6 +75,9 @@ def points(full: bool) -> list[Point]:
     for stage in ("precopy", "preserve_disks"):
         out.append(Point("libvirt", "tar-precopy", AFTER, stage, "rollback"))
     out.append(Point("libvirt", "tar-precopy", DURING, "precopy", "rollback"))
+    out.append(Point("abiquo", "tar-precopy", AFTER, "precopy"))
+    for stage in ("precopy", "preserve_disks"):
+        out.append(Point("abiquo", "tar-precopy", AFTER, stage, "rollback"))
     if full:
         return out
     small = [Point("libvirt", "tar", AFTER, "undefine"),
@@ -83,7 +86,8 @@ def points(full: bool) -> list[Point]:
              Point("abiquo", "scp", AFTER, "deploy"),
              Point("abiquo", "scp", DURING, "transfer", "rollback"),
              Point("abiquo", "scp", AFTER, "start"),
-             Point("libvirt", "tar-precopy", DURING, "precopy", "rollback")]
+             Point("libvirt", "tar-precopy", DURING, "precopy", "rollback"),
+             Point("libvirt", "tar-precopy", AFTER, "preserve_disks", "rollback")]
     return [p for p in out if p in small]
 
 

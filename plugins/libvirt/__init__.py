@@ -310,6 +310,8 @@ class LibvirtControl(ControlPlane):
         disks = ctx.storage.check_restored(vm, ctx)
         if vm.target_host and vm.target_host != src:
             steps += ctx.storage.discard_copies(vm, ctx, vm.target_host)
+        else:  # never deployed: what a pre-copy staged is all the move left on the targets
+            steps += ctx.storage.discard_staging(vm, ctx)
         vm.target_host = None
         return RollbackResult(host=src, steps=steps, disks=disks, libvirt_state=state)
 
