@@ -347,7 +347,7 @@ def sparse_map(hdr, src):
 
 def read_member(algo, name, src, opener=None):
     """Parse the one file of a GNU tar stream; returns its digest, its size and its header.
-    ``opener(hdr)``, called once the headers are checked, returns a file descriptor the data
+    ``opener()``, called once the headers are checked, returns a file descriptor the data
     is written to, each segment at its offset (None: nowhere)."""
     longname = None
     while 1:
@@ -379,7 +379,7 @@ def read_member(algo, name, src, opener=None):
     src.release()
     out = None
     if opener is not None:
-        out = opener(hdr)
+        out = opener()
     dig = Digest(algo, realsize)
     stored = 0
     last = 0
@@ -484,7 +484,7 @@ def unpack(algo, folder, name):
     path = os.path.join(folder, name)
     state = {}
 
-    def opener(hdr):
+    def opener():
         try:
             os.unlink(path)
         except OSError:
@@ -1354,10 +1354,10 @@ class DatastoreStrategy(StorageStrategy):
         hosts = [h.name for h in ctx.config.targets()]
         if pre is not None and pre.host and pre.host not in hosts:
             hosts.insert(0, pre.host)
+        staged = [staging_path(d) for d in vm.file_disks()]
+        names = [n for st in staged for n in (st, sums_path(st), sums_path(st) + ".part")]
         steps: list[str] = []
         for host in hosts:
-            staged = [staging_path(d) for d in vm.file_disks()]
-            names = [n for st in staged for n in (st, sums_path(st), sums_path(st) + ".part")]
             try:
                 there = ctx.shell(host)
                 found = [n for n, stat in there.probe_paths(names).items() if stat is not None]
@@ -1562,18 +1562,28 @@ class DatastoreStrategy(StorageStrategy):
         rec = preserved.disk(disk.source) if preserved else None
         if rec is None or not rec.checksum or rec.algorithm != SPARSE + self.block_algorithm():
             return self.matches_user_disk(vm, ctx, host, disk, staging)
-        digest = parse_digest(out, host, staging)
-        st = ctx.shell(host).stat(staging)
+        return self._digest_is_user_disk(ctx, host, staging, rec,
+                                         parse_digest(out, host, staging), " has",
+                                         "after the delta, on the target")
+
+    @staticmethod
+    def _digest_is_user_disk(ctx: Context, host: str, path: str, rec: PreservedDisk,
+                             digest: str, what: str, checked: str) -> DiskCheck:
+        """``path`` on ``host``, whose digest the target computed as the bytes flowed, is the
+        user's disk: its size and that digest against the fingerprint ``rec``. ``what`` says
+        whose digest it is in the error (" has", ": the bytes that arrived have"); ``checked``
+        goes into the check's record."""
+        st = ctx.shell(host).stat(path)
         if st.size != rec.size:
-            raise PreconditionError(f"{staging} on {host} is {st.size} bytes, the user's disk "
+            raise PreconditionError(f"{path} on {host} is {st.size} bytes, the user's disk "
                                     f"was {rec.size}")
         if digest != rec.checksum:
-            raise PreconditionError(f"{staging} on {host} has {rec.algorithm} {digest}, the "
+            raise PreconditionError(f"{path} on {host}{what} {rec.algorithm} {digest}, the "
                                     f"user's disk had {rec.checksum}")
-        out_check = DiskCheck(path=staging, size=st.size, allocated=st.allocated,
-                              checksum=digest, algorithm=rec.algorithm)
-        out_check.checked = "after the delta, on the target"  # type: ignore[attr-defined]
-        return out_check
+        out = DiskCheck(path=path, size=st.size, allocated=st.allocated, checksum=digest,
+                        algorithm=rec.algorithm)
+        out.checked = checked  # type: ignore[attr-defined]  # an extra field
+        return out
 
     # -- helpers for strategies ---------------------------------------------------------------
 
@@ -1700,19 +1710,8 @@ class DatastoreStrategy(StorageStrategy):
         rec = preserved.disk(disk.source) if preserved else None
         if rec is None or not rec.checksum:
             return self.check_arrived(vm, ctx, host, disk)
-        back = backup_path(disk)
-        st = ctx.shell(host).stat(back)
-        if st.size != rec.size:
-            raise PreconditionError(f"{back} on {host} is {st.size} bytes, the user's disk "
-                                    f"was {rec.size}")
-        if digest != rec.checksum:
-            raise PreconditionError(f"{back} on {host}: the bytes that arrived have "
-                                    f"{rec.algorithm} {digest}, the user's disk had "
-                                    f"{rec.checksum}")
-        out = DiskCheck(path=back, size=st.size, allocated=st.allocated, checksum=digest,
-                        algorithm=rec.algorithm)
-        out.checked = "as it arrived"  # type: ignore[attr-defined]  # an extra field
-        return out
+        return self._digest_is_user_disk(ctx, host, backup_path(disk), rec, digest,
+                                         ": the bytes that arrived have", "as it arrived")
 
     # -- backing files ------------------------------------------------------------------------
 
